@@ -1,0 +1,158 @@
+//! Building kube-apiserver, kubectl and etcd from the Go tools modules in `testenv/go/`,
+//! cached outside the repository and keyed by version.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use fs4::fs_std::FileExt;
+
+use crate::{Error, Result, io_err};
+
+const KUBE_GO_MOD: &str = include_str!("../go/kube/go.mod");
+const KUBE_GO_SUM: &str = include_str!("../go/kube/go.sum");
+const ETCD_GO_MOD: &str = include_str!("../go/etcd/go.mod");
+const ETCD_GO_SUM: &str = include_str!("../go/etcd/go.sum");
+
+/// Paths of the three control-plane binaries.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub kube_apiserver: PathBuf,
+    pub kubectl: PathBuf,
+    pub etcd: PathBuf,
+    pub kubernetes_version: String,
+    pub etcd_version: String,
+}
+
+/// The version a tools go.mod requires for `module`.
+fn required_version(go_mod: &str, module: &str) -> Option<String> {
+    go_mod.lines().find_map(|l| {
+        let l = l.trim().trim_start_matches("require").trim();
+        let mut parts = l.split_whitespace();
+        (parts.next() == Some(module)).then(|| parts.next().map(str::to_string)).flatten()
+    })
+}
+
+/// The cache root: `$DPDK_TESTENV_CACHE`, else `$XDG_CACHE_HOME/dpdk-gitops/testenv`,
+/// else `~/.cache/dpdk-gitops/testenv`.
+pub fn cache_root() -> PathBuf {
+    if let Some(p) = std::env::var_os("DPDK_TESTENV_CACHE") {
+        return PathBuf::from(p);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    base.join("dpdk-gitops").join("testenv")
+}
+
+/// Returns the binaries, building whatever is missing first. Concurrent callers (test
+/// binaries run in parallel) wait on a file lock instead of building twice.
+pub fn ensure_binaries() -> Result<Binaries> {
+    let kubernetes_version = required_version(KUBE_GO_MOD, "k8s.io/kubernetes")
+        .ok_or_else(|| Error::Other("testenv/go/kube/go.mod does not require k8s.io/kubernetes".into()))?;
+    let etcd_version = required_version(ETCD_GO_MOD, "go.etcd.io/etcd/server/v3")
+        .ok_or_else(|| Error::Other("testenv/go/etcd/go.mod does not require go.etcd.io/etcd/server/v3".into()))?;
+    let root = cache_root();
+    let kube_dir = root.join(format!("kubernetes-{kubernetes_version}"));
+    let etcd_dir = root.join(format!("etcd-{etcd_version}"));
+    let bins = Binaries {
+        kube_apiserver: kube_dir.join("kube-apiserver"),
+        kubectl: kube_dir.join("kubectl"),
+        etcd: etcd_dir.join("etcd"),
+        kubernetes_version: kubernetes_version.clone(),
+        etcd_version: etcd_version.clone(),
+    };
+    if bins.kube_apiserver.exists() && bins.kubectl.exists() && bins.etcd.exists() {
+        return Ok(bins);
+    }
+    std::fs::create_dir_all(&root).map_err(io_err(&root))?;
+    let lock_path = root.join(".build.lock");
+    let lock = std::fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
+    lock.lock_exclusive().map_err(io_err(&lock_path))?;
+    let major_minor: Vec<&str> = kubernetes_version.trim_start_matches('v').split('.').collect();
+    let ldflags = format!(
+        "-s -w -X k8s.io/component-base/version.gitVersion={kubernetes_version} \
+         -X k8s.io/component-base/version.gitMajor={} -X k8s.io/component-base/version.gitMinor={} \
+         -X k8s.io/component-base/version.gitTreeState=clean",
+        major_minor.first().unwrap_or(&"1"),
+        major_minor.get(1).unwrap_or(&"0"),
+    );
+    for (exe, pkg) in [(&bins.kube_apiserver, "k8s.io/kubernetes/cmd/kube-apiserver"), (&bins.kubectl, "k8s.io/kubernetes/cmd/kubectl")] {
+        if !exe.exists() {
+            go_build(&kube_dir, KUBE_GO_MOD, KUBE_GO_SUM, pkg, exe, &ldflags, &kubernetes_version)?;
+        }
+    }
+    if !bins.etcd.exists() {
+        go_build(&etcd_dir, ETCD_GO_MOD, ETCD_GO_SUM, "go.etcd.io/etcd/server/v3", &bins.etcd, "-s -w", &etcd_version)?;
+    }
+    // Dropping `lock` releases it.
+    drop(lock);
+    Ok(bins)
+}
+
+/// Builds one main package in a scratch copy of its tools module, printing progress.
+fn go_build(dir: &Path, go_mod: &str, go_sum: &str, pkg: &str, out: &Path, ldflags: &str, version: &str) -> Result<()> {
+    let module_dir = dir.join("module");
+    std::fs::create_dir_all(&module_dir).map_err(io_err(&module_dir))?;
+    std::fs::write(module_dir.join("go.mod"), go_mod).map_err(io_err(module_dir.join("go.mod")))?;
+    std::fs::write(module_dir.join("go.sum"), go_sum).map_err(io_err(module_dir.join("go.sum")))?;
+    let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    eprintln!("[testenv] building {name} {version} from Go modules ({pkg}); first time only, this takes several minutes on 2 cores");
+    let tmp_out = out.with_extension("partial");
+    let started = std::time::Instant::now();
+    let mut child = Command::new("go")
+        .args(["build", "-v", "-ldflags", ldflags, "-o"])
+        .arg(&tmp_out)
+        .arg(pkg)
+        .current_dir(&module_dir)
+        .env("GOFLAGS", "-mod=mod -buildvcs=false")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(Error::GoMissing)?;
+    let mut tail: Vec<String> = Vec::new();
+    let mut packages = 0usize;
+    if let Some(stderr) = child.stderr.take() {
+        for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+            // `go build -v` prints one package path per compiled package: count them as progress.
+            if !line.contains(' ') {
+                packages += 1;
+                if packages % 200 == 0 {
+                    eprintln!("[testenv]   {name}: {packages} packages compiled ({}s)", started.elapsed().as_secs());
+                }
+            } else {
+                eprintln!("[testenv]   {name}: {line}");
+            }
+            tail.push(line);
+            if tail.len() > 40 {
+                tail.remove(0);
+            }
+        }
+    }
+    let status = child.wait().map_err(io_err(&module_dir))?;
+    if !status.success() {
+        return Err(Error::GoBuild { what: format!("{name} ({pkg} {version})"), code: status.code(), tail: tail.join("\n") });
+    }
+    std::fs::rename(&tmp_out, out).map_err(io_err(out))?;
+    eprintln!("[testenv] built {name} in {}s -> {}", started.elapsed().as_secs(), out.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_come_from_the_tools_modules() {
+        assert_eq!(required_version(KUBE_GO_MOD, "k8s.io/kubernetes").as_deref(), Some("v1.37.2"));
+        assert!(required_version(ETCD_GO_MOD, "go.etcd.io/etcd/server/v3").is_some_and(|v| v.starts_with("v3.6.")));
+    }
+
+    #[test]
+    fn every_staging_module_is_replaced_at_the_matching_version() {
+        let replaced: Vec<&str> = KUBE_GO_MOD.lines().filter(|l| l.contains("=> k8s.io/")).collect();
+        assert!(replaced.len() >= 30, "expected a replace line for every staging module, got {}", replaced.len());
+        assert!(replaced.iter().all(|l| l.trim_end().ends_with("v0.37.2")));
+    }
+}

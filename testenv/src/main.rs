@@ -1,0 +1,64 @@
+//! `dpdk-testenv`: build and run the local control plane by hand.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use dpdk_testenv::{ControlPlane, StartOptions, ensure_binaries};
+
+#[derive(Parser)]
+#[command(name = "dpdk-testenv", version, about = "A real local Kubernetes control plane (kube-apiserver + etcd built from Go modules) for dpdk-gitops")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build (or find in the cache) kube-apiserver, etcd and kubectl, and print their paths.
+    Build,
+    /// Start a control plane with the CRDs installed and keep it running until Ctrl-C.
+    Up {
+        /// Keep etcd data and the kubeconfig here (default: a temporary directory).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Do not install the CRDs from deploy/.
+        #[arg(long)]
+        no_crds: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Build => tokio::task::spawn_blocking(ensure_binaries)
+            .await
+            .map_err(|e| dpdk_testenv::Error::Other(e.to_string()))
+            .and_then(|r| r)
+            .map(|b| {
+                println!("kube-apiserver {} {}", b.kubernetes_version, b.kube_apiserver.display());
+                println!("kubectl        {} {}", b.kubernetes_version, b.kubectl.display());
+                println!("etcd           {} {}", b.etcd_version, b.etcd.display());
+            }),
+        Cmd::Up { data_dir, no_crds } => up(data_dir, !no_crds).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dpdk-testenv: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn up(data_dir: Option<PathBuf>, install_crds: bool) -> dpdk_testenv::Result<()> {
+    eprintln!("[testenv] starting etcd and kube-apiserver...");
+    let cp = ControlPlane::start(StartOptions { install_crds, data_dir, ..Default::default() }).await?;
+    println!("control plane ready at {}", cp.server_url());
+    println!("kubeconfig: {}", cp.kubeconfig_path().display());
+    println!("try:        KUBECONFIG={} {} get crds", cp.kubeconfig_path().display(), cp.binaries().kubectl.display());
+    println!("Ctrl-C stops it.");
+    let _ = tokio::signal::ctrl_c().await;
+    drop(cp);
+    Ok(())
+}
