@@ -1,1 +1,6 @@
+//! dpdk-node-agent: kernel modules, ENI→PCI mapping, vfio-pci binding with a crash-safe
+//! journal, node state reporting, and the kubelet device plugin. The binary is a thin CLI.
 
+pub mod error;
+
+pub use error::Error;
