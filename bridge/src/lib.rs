@@ -9,6 +9,7 @@
 pub mod api;
 pub mod conditions;
 pub mod crd;
+pub mod crd_docs;
 pub mod labels;
 pub mod logging;
 

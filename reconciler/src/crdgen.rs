@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use dpdk_bridge::crd;
+use dpdk_bridge::{crd, crd_docs};
 
 use crate::Error;
 
@@ -10,7 +10,12 @@ use crate::Error;
 /// Returns false when `check` finds a stale file.
 pub fn run(root: &Path, check: bool) -> Result<bool, Error> {
     let mut fresh = true;
-    for (rel, text) in [(crd::DPDK_CRD_PATH, crd::render_dpdk_crds()?), (crd::NODEENI_CRD_PATH, crd::render_nodeeni_crd()?)] {
+    let files = [
+        (crd::DPDK_CRD_PATH, crd::render_dpdk_crds()?),
+        (crd::NODEENI_CRD_PATH, crd::render_nodeeni_crd()?),
+        (crd_docs::CRD_REFERENCE_PATH, crd_docs::render(&crd::dpdk_crds())),
+    ];
+    for (rel, text) in files {
         let path = root.join(rel);
         let io = |source| Error::Io { path: path.display().to_string(), source };
         if check {

@@ -22,7 +22,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Write the CRDs generated from the Rust types: deploy/dpdk-crd.yaml and deploy/testing/nodeeni-crd.yaml.
+    /// Write the CRDs generated from the Rust types (deploy/dpdk-crd.yaml, deploy/testing/nodeeni-crd.yaml) and docs/crd-reference.md.
     Crdgen {
         /// Workspace root to write under.
         #[arg(long, default_value = ".")]
