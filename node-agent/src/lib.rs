@@ -2,5 +2,6 @@
 //! journal, node state reporting, and the kubelet device plugin. The binary is a thin CLI.
 
 pub mod error;
+pub mod sysfs;
 
 pub use error::Error;
