@@ -12,6 +12,7 @@
 pub mod binaries;
 pub mod certs;
 pub mod control_plane;
+pub mod demo;
 pub mod fixtures;
 mod process;
 

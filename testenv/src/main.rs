@@ -17,6 +17,15 @@ enum Cmd {
     /// Build (or find in the cache) kube-apiserver, etcd and kubectl, and print their paths.
     Build,
     /// Start a control plane with the CRDs installed and keep it running until Ctrl-C.
+    /// Run the demo: control plane, deploy/, simulated nodes and NodeENIs, the examples-repo configs, and a tour.
+    Demo {
+        /// Exit after converging instead of staying up until Ctrl-C.
+        #[arg(long)]
+        once: bool,
+        /// Number of simulated DPDK nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
     Up {
         /// Keep etcd data and the kubeconfig here (default: a temporary directory).
         #[arg(long)]
@@ -41,6 +50,7 @@ async fn main() -> std::process::ExitCode {
                 println!("etcd           {} {}", b.etcd_version, b.etcd.display());
             }),
         Cmd::Up { data_dir, no_crds } => up(data_dir, !no_crds).await,
+        Cmd::Demo { once, nodes } => dpdk_testenv::demo::run(dpdk_testenv::demo::DemoOptions { once, nodes }).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
