@@ -2,6 +2,8 @@
 //! controller, the drift engine and the HTTP server. The binary is a thin CLI over this crate.
 
 pub mod crdgen;
+pub mod drift;
+pub mod manifest;
 
 /// Errors of the reconciler crate.
 #[derive(Debug, thiserror::Error)]
