@@ -300,9 +300,15 @@ impl Sysfs {
         )
     }
 
-    /// The network interfaces under the device (`<device>/net/*`).
+    /// The network interfaces the device has now. virtio NICs put them one level down
+    /// (`<device>/virtio0/net/eth1`), so this goes through `/sys/class/net`.
     pub fn interfaces_of(&self, address: &PciAddress) -> Result<Vec<String>, Error> {
-        list_dir_names(&self.pci_device_dir(address).join("net"))
+        Ok(self
+            .net_interfaces()?
+            .into_iter()
+            .filter(|i| i.pci_address.as_ref() == Some(address))
+            .map(|i| i.name)
+            .collect())
     }
 
     /// Every interface in `/sys/class/net`, with its MAC and PCI device.
@@ -314,8 +320,7 @@ impl Sysfs {
             let Some(mac) = read_trimmed(&dir.join("address"))? else {
                 continue;
             };
-            let pci_address =
-                link_target_name(&dir.join("device"))?.and_then(|n| PciAddress::parse(&n).ok());
+            let pci_address = pci_ancestor(&dir.join("device"));
             out.push(NetInterface {
                 name,
                 mac: mac.to_ascii_lowercase(),
@@ -369,6 +374,19 @@ fn link_target_name(path: &Path) -> Result<Option<String>, Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_error(path, e)),
     }
+}
+
+/// The PCI device a sysfs device path belongs to: the nearest path component that is a
+/// PCI address once links are resolved (`.../0000:00:04.0/virtio0` → `0000:00:04.0`).
+fn pci_ancestor(device_link: &Path) -> Option<PciAddress> {
+    let resolved = std::fs::canonicalize(device_link).ok()?;
+    resolved.components().rev().find_map(|c| {
+        let name = c.as_os_str().to_str()?;
+        // Only full `dddd:bb:dd.f` names: `pci0000:00` and `virtio0` are not devices.
+        (name.len() == 12)
+            .then(|| PciAddress::parse(name).ok())
+            .flatten()
+    })
 }
 
 /// Sorted entry names of a directory; empty when it does not exist.
@@ -480,6 +498,34 @@ mod tests {
         );
         assert_eq!(info.numa_node, None, "-1 means no NUMA affinity");
         assert_eq!(info.driver, None);
+    }
+
+    #[test]
+    fn interfaces_are_found_below_virtio_children() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let sys = tmp.path();
+        let real = device(sys, "0000:00:04.0");
+        let netdir = real.join("virtio0/net/eth1");
+        std::fs::create_dir_all(&netdir).expect("mkdir");
+        std::fs::write(netdir.join("address"), "52:54:00:12:34:02\n").expect("write");
+        symlink("../../../virtio0", netdir.join("device")).expect("symlink");
+        std::fs::create_dir_all(sys.join("class/net")).expect("mkdir");
+        symlink(
+            "../../devices/pci0000:00/0000:00:04.0/virtio0/net/eth1",
+            sys.join("class/net/eth1"),
+        )
+        .expect("symlink");
+        let ifs = Sysfs::new(sys).net_interfaces().expect("list");
+        assert_eq!(ifs.len(), 1);
+        assert_eq!(
+            ifs[0].pci_address.as_ref().map(PciAddress::as_str),
+            Some("0000:00:04.0")
+        );
+        let addr = PciAddress::parse("0000:00:04.0").expect("addr");
+        assert_eq!(
+            Sysfs::new(sys).interfaces_of(&addr).expect("ifs"),
+            vec!["eth1".to_string()]
+        );
     }
 
     #[test]
