@@ -12,6 +12,8 @@ pub mod crd;
 pub mod crd_docs;
 pub mod labels;
 pub mod logging;
+pub mod plan;
+pub mod ssa;
 
 /// Errors of the bridge crate.
 #[derive(Debug, thiserror::Error)]
