@@ -31,6 +31,17 @@ enum Cmd {
         #[arg(long)]
         check: bool,
     },
+    /// Validate the DPDKConfig YAML under a directory offline, with the source controller's
+    /// loader and rules (for config-repo CI and pre-commit). Exit 0: valid (warnings printed);
+    /// 1: invalid, one `file:line:col: message` line per error; 2: usage error.
+    Validate {
+        /// Directory (or single file) to check, recursively; it is treated as the repository
+        /// root, so symlinks leaving it are refused.
+        dir: PathBuf,
+        /// Largest YAML file read, in bytes.
+        #[arg(long, default_value_t = 1024 * 1024)]
+        max_file_bytes: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -45,5 +56,14 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::Validate { dir, max_file_bytes } => {
+            let opts = dpdk_reconciler::manifest::load::LoadOptions { max_file_bytes, ..Default::default() };
+            ExitCode::from(dpdk_reconciler::manifest::report::validate_dir(
+                &dir,
+                &opts,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
+            ))
+        }
     }
 }

@@ -31,6 +31,7 @@ use dpdk_bridge::api::DPDKConfig;
 pub mod diagnostic;
 pub mod load;
 pub mod position;
+pub mod report;
 pub mod validate;
 
 pub use diagnostic::{Code, Diagnostic, Severity};
