@@ -18,9 +18,56 @@ pub enum Error {
     PciDeviceNotFound { address: String, path: String },
     #[error("{path}: {message}")]
     Sysfs { path: String, message: String },
+    // --- binding, journal (node agent) ---
+    #[error("writing {value:?} to {path}: {source}{hint}", hint = permission_hint(source))]
+    SysfsWrite {
+        path: String,
+        value: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("driver {driver} is not registered ({path} is missing), so {address} cannot be bound to it: load its module first (`dpdk-node-agent load`)")]
+    DriverNotRegistered { driver: String, address: String, path: String },
+    #[error("binding {address} to {driver} failed: {detail} (driver now: {})", actual.as_deref().unwrap_or("none"))]
+    BindFailed { address: String, driver: String, actual: Option<String>, detail: String },
+    #[error("journal {path}: {message}")]
+    Journal { path: String, message: String },
+    // --- kernel modules (node agent) ---
+    #[error("{path}: {message}")]
+    ModulesDep { path: String, message: String },
+    #[error("kernel module {module} not found in {dir}: {hint}")]
+    ModuleNotFound { module: String, dir: String, hint: String },
+    #[error("permission denied loading kernel module {module} ({path}): loading modules needs CAP_SYS_MODULE, so run the driver-loader container privileged ({source})")]
+    ModulePermissionDenied {
+        module: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading kernel module {module} from {path}: {source} (the kernel log says why: dmesg)")]
+    ModuleLoad {
+        module: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("kernel module {module} is not active after loading: {path} is missing")]
+    ModuleNotVerified { module: String, path: String },
+    #[error("kernel {release} was built without CONFIG_VFIO_NOIOMMU, so vfio has no enable_unsafe_noiommu_mode parameter (Debian's kernels lack it; {evidence}), and this node has no IOMMU for vfio-pci to use: enable the IOMMU (intel_iommu=on or amd_iommu=on), run a kernel built with CONFIG_VFIO_NOIOMMU=y, or use igb_uio / uio_pci_generic")]
+    NoIommuUnsupported { release: String, evidence: String },
 }
 
 /// An [`Error::Io`] naming the path.
 pub fn io_error(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Error {
     Error::Io { path: path.as_ref().display().to_string(), source }
+}
+
+/// Explains EACCES/EPERM the way an operator needs to hear it.
+fn permission_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            " (permission denied: the agent needs a privileged container with /sys mounted read-write)"
+        }
+        _ => "",
+    }
 }

@@ -3,5 +3,11 @@
 
 pub mod error;
 pub mod sysfs;
+pub mod kernel;
+pub mod binding;
+pub mod journal;
+pub mod safety;
+pub mod reconcile;
+pub mod modules;
 
 pub use error::Error;
