@@ -255,6 +255,21 @@ fn bind_target(ctx: &NodeContext<'_>, journal: &mut Journal, target: &Target, re
             report.devices.push(status);
             return;
         }
+        if !ctx.sysfs.pci_driver_registered(&target.driver) {
+            let e = Error::DriverNotRegistered {
+                driver: target.driver.clone(),
+                address: addr.to_string(),
+                path: ctx
+                    .sysfs
+                    .pci_driver_dir(&target.driver)
+                    .display()
+                    .to_string(),
+            };
+            status.driver = info.driver.clone();
+            fail(&mut status, report, health::UNHEALTHY, e.to_string());
+            report.devices.push(status);
+            return;
+        }
         // Record before touching the device: the netdev, its MAC and the original driver
         // are gone from sysfs once a DPDK driver holds it.
         let recorded = Entry {
