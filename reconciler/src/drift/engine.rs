@@ -1,0 +1,742 @@
+//! The drift engine: pure functions from (Git documents, live objects, ignore rules) to
+//! findings in three layers. No I/O; the runtime and the CLI feed it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use dpdk_bridge::api::{DPDKConfig, DpdkDriver, NodeENI, WriteCombiningState};
+use dpdk_bridge::labels;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use serde_json::{Value, json};
+
+use super::ignore::rule_matches;
+use super::model::{
+    DriftReport, Finding, FindingKey, FindingKind, GitDocument, GitSource, Layer, LiveObjects, ObjectRef, SourceInfo, Summary,
+};
+use super::normalize::{FieldDiff, config_list_key, diff_values, escape_token, normalize_config_spec};
+
+/// Computes the drift report. `previous` carries `since` forward for findings that were
+/// already there; new findings get `now`.
+pub fn compute(sources: &[GitSource], live: &LiveObjects, now: Timestamp, previous: Option<&DriftReport>) -> DriftReport {
+    let now_s = Timestamp::from_second(now.as_second()).unwrap_or(now).to_string();
+    let origins = Origins::new(sources);
+    let mut findings = Vec::new();
+    let live_by_name: HashMap<&str, &DPDKConfig> = live.configs.iter().filter_map(|c| Some((c.metadata.name.as_deref()?, c))).collect();
+    for src in sources {
+        git_cluster(src, live, &live_by_name, &mut findings);
+    }
+    cluster_nodeeni(live, &origins, &mut findings);
+    desired_node(live, &live_by_name, &origins, &mut findings);
+
+    // Ignore rules are per source; a finding is judged by the rules of the source that
+    // declares its intent.
+    let rules: HashMap<Option<String>, &[dpdk_bridge::api::IgnoreRule]> =
+        sources.iter().map(|s| (s.key.as_ref().map(ToString::to_string), s.ignore.as_slice())).collect();
+    let before = findings.len();
+    findings.retain(|f| !rules.get(&f.source).is_some_and(|rs| rs.iter().any(|r| rule_matches(r, f))));
+    let ignored = before - findings.len();
+
+    let since: HashMap<FindingKey, &str> =
+        previous.map(|p| p.findings.iter().map(|f| (f.key(), f.since.as_str())).collect()).unwrap_or_default();
+    for f in &mut findings {
+        f.since = since.get(&f.key()).map_or_else(|| now_s.clone(), |s| s.to_string());
+    }
+    findings.sort_by(|a, b| {
+        (a.layer, &a.source, &a.node, &a.file, a.line, &a.object, &a.field_path).cmp(&(
+            b.layer,
+            &b.source,
+            &b.node,
+            &b.file,
+            b.line,
+            &b.object,
+            &b.field_path,
+        ))
+    });
+
+    DriftReport {
+        generated_at: now_s,
+        sources: sources
+            .iter()
+            .map(|s| SourceInfo { source: s.key.as_ref().map(ToString::to_string), revision: s.revision.clone(), path: s.path.clone() })
+            .collect(),
+        summary: summarize(&findings, ignored),
+        findings,
+    }
+}
+
+/// Counts per layer (every layer) and per kind (kinds that occur).
+pub fn summarize(findings: &[Finding], ignored: usize) -> Summary {
+    let mut by_layer: BTreeMap<String, usize> = Layer::ALL.iter().map(|l| (l.as_str().to_string(), 0)).collect();
+    let mut by_kind = BTreeMap::new();
+    for f in findings {
+        *by_layer.entry(f.layer.as_str().to_string()).or_default() += 1;
+        *by_kind.entry(f.kind.as_str().to_string()).or_default() += 1;
+    }
+    Summary { total: findings.len(), by_layer, by_kind, ignored }
+}
+
+/// `argocd` or `flux` when the object carries another GitOps tool's ownership marker.
+pub fn owned_by(meta: &ObjectMeta) -> Option<&'static str> {
+    let has_label = |k: &str| meta.labels.as_ref().is_some_and(|l| l.contains_key(k));
+    let has_annotation = |k: &str| meta.annotations.as_ref().is_some_and(|a| a.contains_key(k));
+    if has_annotation(labels::ARGOCD_TRACKING_ANNOTATION) {
+        return Some("argocd");
+    }
+    if has_label(labels::FLUX_KUSTOMIZE_NAME_LABEL) {
+        return Some("flux");
+    }
+    // app.kubernetes.io/instance is Argo CD's legacy tracking label, but Helm and others set
+    // it too: it counts only when an Argo CD manager wrote the object.
+    let argo_manager =
+        meta.managed_fields.as_ref().is_some_and(|mf| mf.iter().any(|m| m.manager.as_deref().is_some_and(|n| n.starts_with("argocd"))));
+    if has_label(labels::ARGOCD_INSTANCE_LABEL) && argo_manager {
+        return Some("argocd");
+    }
+    None
+}
+
+/// The repo-relative file an extra object becomes: `<path>/<name>.yaml`, avoiding files
+/// that exist.
+pub fn new_file_path(src: &GitSource, name: &str) -> String {
+    let dir = src.path.trim_matches('/');
+    let dir = if dir.is_empty() || dir == "." { String::new() } else { format!("{}/", dir.trim_start_matches("./")) };
+    let mut candidate = format!("{dir}{name}.yaml");
+    let mut n = 2;
+    while src.files.contains_key(&candidate) {
+        candidate = format!("{dir}{name}-{n}.yaml");
+        n += 1;
+    }
+    candidate
+}
+
+/// Where each DPDKConfig name is declared in Git (first source wins).
+struct Origins<'a> {
+    by_name: HashMap<&'a str, (&'a GitSource, &'a GitDocument)>,
+}
+
+impl<'a> Origins<'a> {
+    fn new(sources: &'a [GitSource]) -> Self {
+        let mut by_name = HashMap::new();
+        for src in sources {
+            for doc in src.documents.iter().filter(|d| d.is_dpdk_config()) {
+                if let Some(name) = doc.name() {
+                    by_name.entry(name).or_insert((src, doc));
+                }
+            }
+        }
+        Self { by_name }
+    }
+
+    /// The source, file and line that declare `pointer` of the config `name` (or the
+    /// nearest declared ancestor).
+    fn locate(&self, name: &str, pointer: &str) -> (Option<String>, Option<String>, Option<usize>) {
+        match self.by_name.get(name) {
+            Some((src, doc)) => (src.key.as_ref().map(ToString::to_string), Some(doc.file.clone()), Some(doc.line_of(pointer))),
+            None => (None, None, None),
+        }
+    }
+
+    /// The Git pointer of the mapping for `device_index` in config `name`, plus `field`.
+    fn mapping_pointer(&self, name: &str, device_index: i32, field: &str) -> String {
+        let idx = self.by_name.get(name).and_then(|(_, doc)| {
+            doc.value
+                .pointer("/spec/resourceMapping")
+                .and_then(Value::as_array)
+                .and_then(|items| items.iter().position(|m| m.get("deviceIndex").and_then(Value::as_i64) == Some(device_index as i64)))
+        });
+        match idx {
+            Some(i) if field.is_empty() => format!("/spec/resourceMapping/{i}"),
+            Some(i) => format!("/spec/resourceMapping/{i}/{field}"),
+            None => "/spec/resourceMapping".to_string(),
+        }
+    }
+
+    /// The Git pointer of writeCombining in config `name`, in the spelling Git uses.
+    fn write_combining_pointer(&self, name: &str) -> &'static str {
+        let misspelt = self.by_name.get(name).is_some_and(|(_, doc)| {
+            doc.value.pointer("/spec/driverOptions/writeCombining").is_none()
+                && doc.value.pointer("/spec/driverOptions/writeCombing").is_some()
+        });
+        if misspelt { "/spec/driverOptions/writeCombing" } else { "/spec/driverOptions/writeCombining" }
+    }
+}
+
+fn name_of(meta: &ObjectMeta) -> &str {
+    meta.name.as_deref().unwrap_or_default()
+}
+
+fn opt_json(v: Option<Value>) -> Value {
+    v.unwrap_or(Value::Null)
+}
+
+/// Renders a JSON pointer as `a.b[0].c` for messages.
+fn dotted(pointer: &str) -> String {
+    let mut out = String::new();
+    for tok in super::normalize::pointer_tokens(pointer) {
+        if tok.chars().all(|c| c.is_ascii_digit()) && !tok.is_empty() {
+            out.push_str(&format!("[{tok}]"));
+        } else if tok.contains(['.', '/']) {
+            out.push_str(&format!("[{tok:?}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(&tok);
+        }
+    }
+    out
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::Null => "absent".to_string(),
+        other => other.to_string(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finding(
+    layer: Layer,
+    kind: FindingKind,
+    object: ObjectRef,
+    node: Option<String>,
+    (source, file, line): (Option<String>, Option<String>, Option<usize>),
+    field_path: String,
+    git: Value,
+    live: Value,
+    owned_by: Option<&str>,
+    message: String,
+) -> Finding {
+    Finding {
+        layer,
+        kind,
+        object,
+        node,
+        source,
+        file,
+        line,
+        field_path,
+        git,
+        live,
+        owned_by: owned_by.map(str::to_string),
+        since: String::new(),
+        message,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Layer 1: Git ↔ cluster.
+
+fn git_cluster(src: &GitSource, live: &LiveObjects, live_by_name: &HashMap<&str, &DPDKConfig>, out: &mut Vec<Finding>) {
+    let source = src.key.as_ref().map(ToString::to_string);
+    let mut declared = HashSet::new();
+    for doc in src.documents.iter().filter(|d| d.is_dpdk_config()) {
+        let Some(name) = doc.name() else { continue };
+        if !declared.insert(name) {
+            continue; // duplicates are the validator's error, not drift
+        }
+        let object = ObjectRef::cluster("DPDKConfig", name);
+        match live_by_name.get(name) {
+            None => out.push(finding(
+                Layer::GitCluster,
+                FindingKind::Missing,
+                object,
+                None,
+                (source.clone(), Some(doc.file.clone()), Some(doc.first_line())),
+                String::new(),
+                doc.value.get("spec").cloned().unwrap_or(Value::Null),
+                Value::Null,
+                None,
+                format!("DPDKConfig {name} is declared in {}:{} but not in the cluster", doc.file, doc.first_line()),
+            )),
+            Some(cfg) => {
+                let owner = owned_by(&cfg.metadata);
+                for d in compare_config(doc, cfg) {
+                    let line = doc.line_of(&d.pointer);
+                    let (git, live) = (opt_json(d.git), opt_json(d.live));
+                    let message = format!(
+                        "DPDKConfig {name}: {} is {} in Git ({}:{line}), {} in the cluster",
+                        dotted(&d.pointer),
+                        show(&git),
+                        doc.file,
+                        show(&live)
+                    );
+                    out.push(finding(
+                        Layer::GitCluster,
+                        FindingKind::Modified,
+                        object.clone(),
+                        None,
+                        (source.clone(), Some(doc.file.clone()), Some(line)),
+                        d.pointer,
+                        git,
+                        live,
+                        owner,
+                        message,
+                    ));
+                }
+            }
+        }
+    }
+
+    let ours = src.key.as_ref().map(|k| k.label_value());
+    let mut extras: Vec<&DPDKConfig> = live
+        .configs
+        .iter()
+        .filter(|c| !declared.contains(name_of(&c.metadata)) && owned_by(&c.metadata).is_none())
+        .filter(|c| match c.metadata.labels.as_ref().and_then(|l| l.get(labels::SOURCE_LABEL)) {
+            Some(label) => Some(label) == ours.as_ref(),
+            None => src.adopt_orphans,
+        })
+        .collect();
+    extras.sort_by(|a, b| name_of(&a.metadata).cmp(name_of(&b.metadata)));
+    let mut planned: BTreeSet<String> = BTreeSet::new();
+    for cfg in extras {
+        let name = name_of(&cfg.metadata);
+        let mut file = new_file_path(src, name);
+        let mut n = 2;
+        while !planned.insert(file.clone()) {
+            file = format!("{}-{n}.yaml", file.trim_end_matches(".yaml"));
+            n += 1;
+        }
+        out.push(finding(
+            Layer::GitCluster,
+            FindingKind::Extra,
+            ObjectRef::cluster("DPDKConfig", name),
+            None,
+            (source.clone(), Some(file.clone()), None),
+            String::new(),
+            Value::Null,
+            serde_json::to_value(&cfg.spec).unwrap_or(Value::Null),
+            None,
+            format!("DPDKConfig {name} is in the cluster but not in Git (the patch adds it as {file})"),
+        ));
+    }
+}
+
+/// Field differences between a Git document and its live DPDKConfig: the labels and
+/// annotations Git declares, and the normalized spec. Pointers address the Git document.
+pub fn compare_config(doc: &GitDocument, cfg: &DPDKConfig) -> Vec<FieldDiff> {
+    let mut diffs = Vec::new();
+    for (field, live_map) in [("labels", &cfg.metadata.labels), ("annotations", &cfg.metadata.annotations)] {
+        let Some(git_map) = doc.value.pointer(&format!("/metadata/{field}")).and_then(Value::as_object) else { continue };
+        for (k, gv) in git_map {
+            let lv = live_map.as_ref().and_then(|m| m.get(k)).map(|s| Value::String(s.clone()));
+            // Label values are strings; YAML may have typed them (`tier: 1`).
+            let gs = match gv {
+                Value::String(s) => Value::String(s.clone()),
+                other => Value::String(other.to_string()),
+            };
+            if lv.as_ref() != Some(&gs) {
+                diffs.push(FieldDiff { pointer: format!("/metadata/{field}/{}", escape_token(k)), git: Some(gv.clone()), live: lv });
+            }
+        }
+    }
+    let git_spec = normalize_config_spec(doc.value.get("spec").unwrap_or(&Value::Null));
+    let live_spec = normalize_config_spec(&serde_json::to_value(&cfg.spec).unwrap_or(Value::Null));
+    let mut spec_diffs = Vec::new();
+    diff_values(&git_spec, &live_spec, "/spec", &config_list_key, &mut spec_diffs);
+    for mut d in spec_diffs {
+        // Address the key Git spells (the seed's writeCombing).
+        if d.pointer == "/spec/driverOptions/writeCombining"
+            && doc.value.pointer("/spec/driverOptions/writeCombining").is_none()
+            && doc.value.pointer("/spec/driverOptions/writeCombing").is_some()
+        {
+            d.pointer = "/spec/driverOptions/writeCombing".into();
+        }
+        diffs.push(d);
+    }
+    diffs
+}
+
+// ---------------------------------------------------------------------------------------
+// Layer 2: cluster ↔ NodeENI.
+
+/// Nodes by label, to match selectors without scanning every node.
+struct NodeIndex<'a> {
+    names: Vec<&'a str>,
+    labels: Vec<&'a BTreeMap<String, String>>,
+    by_label: HashMap<(&'a str, &'a str), Vec<usize>>,
+}
+
+static EMPTY_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
+impl<'a> NodeIndex<'a> {
+    fn new(live: &'a LiveObjects) -> Self {
+        let mut idx = NodeIndex { names: Vec::new(), labels: Vec::new(), by_label: HashMap::new() };
+        for (i, n) in live.nodes.iter().enumerate() {
+            let labels = n.metadata.labels.as_ref().unwrap_or(&EMPTY_LABELS);
+            idx.names.push(name_of(&n.metadata));
+            idx.labels.push(labels);
+            for (k, v) in labels {
+                idx.by_label.entry((k.as_str(), v.as_str())).or_default().push(i);
+            }
+        }
+        idx
+    }
+
+    /// Nodes carrying every label of `selector`; an empty selector matches every node.
+    fn matching(&self, selector: &BTreeMap<String, String>) -> Vec<usize> {
+        if selector.is_empty() {
+            return (0..self.names.len()).collect();
+        }
+        let mut lists: Vec<&Vec<usize>> = Vec::with_capacity(selector.len());
+        for (k, v) in selector {
+            match self.by_label.get(&(k.as_str(), v.as_str())) {
+                Some(l) => lists.push(l),
+                None => return Vec::new(),
+            }
+        }
+        lists.sort_by_key(|l| l.len());
+        lists[0].iter().copied().filter(|&i| selector.iter().all(|(k, v)| self.labels[i].get(k) == Some(v))).collect()
+    }
+}
+
+/// The DPDK fields a config implies on one NodeENI.
+#[derive(Clone, Debug, PartialEq)]
+struct Implied<'a> {
+    config: &'a str,
+    device_index: i32,
+    driver: DpdkDriver,
+    resource_name: &'a str,
+}
+
+fn eni_index_range(eni: &NodeENI) -> std::ops::Range<i32> {
+    let base = eni.spec.device_index.unwrap_or(1);
+    let n = eni
+        .spec
+        .subnet_ids
+        .as_ref()
+        .filter(|v| !v.is_empty())
+        .or(eni.spec.subnet_names.as_ref().filter(|v| !v.is_empty()))
+        .map_or(1, |v| v.len() as i32);
+    base..base + n
+}
+
+fn cluster_nodeeni(live: &LiveObjects, origins: &Origins, out: &mut Vec<Finding>) {
+    let nodes = NodeIndex::new(live);
+    // NodeENI → nodes its selector reaches; node → NodeENIs that reach it.
+    let eni_nodes: Vec<Vec<usize>> = live.node_enis.iter().map(|e| nodes.matching(&e.spec.node_selector)).collect();
+    let mut node_enis: Vec<Vec<usize>> = vec![Vec::new(); nodes.names.len()];
+    for (e, ns) in eni_nodes.iter().enumerate() {
+        for &n in ns {
+            node_enis[n].push(e);
+        }
+    }
+
+    // Oldest config first: on overlap the older one wins, as in the controller.
+    let mut configs: Vec<&DPDKConfig> = live.configs.iter().filter(|c| c.metadata.deletion_timestamp.is_none()).collect();
+    configs.sort_by(|a, b| {
+        (a.metadata.creation_timestamp.as_ref().map(|t| t.0), name_of(&a.metadata))
+            .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), name_of(&b.metadata)))
+    });
+    let mut implied: HashMap<usize, Implied> = HashMap::new();
+    let mut contested: HashSet<usize> = HashSet::new();
+    let mut wanted_indices: HashMap<usize, BTreeSet<i32>> = HashMap::new();
+    for cfg in configs {
+        let matched: HashSet<usize> = nodes.matching(&cfg.spec.node_selector).into_iter().collect();
+        for &n in &matched {
+            let node_name = nodes.names[n];
+            for m in &cfg.spec.resource_mapping {
+                let target = node_enis[n].iter().copied().find(|&e| {
+                    let eni = &live.node_enis[e];
+                    let atts = eni.status.as_ref().map(|s| s.attachments.as_slice()).unwrap_or_default();
+                    let for_node: Vec<_> = atts.iter().filter(|a| a.node_id.as_deref() == Some(node_name)).collect();
+                    if for_node.is_empty() {
+                        eni_index_range(eni).contains(&m.device_index)
+                    } else {
+                        for_node.iter().any(|a| a.device_index == Some(m.device_index))
+                    }
+                });
+                let Some(e) = target else { continue };
+                // A NodeENI that also reaches nodes outside this config's selector is left
+                // alone by the controller (it would bind those nodes too).
+                if !eni_nodes[e].iter().all(|x| matched.contains(x)) {
+                    contested.insert(e);
+                    continue;
+                }
+                wanted_indices.entry(e).or_default().insert(m.device_index);
+                let want = Implied {
+                    config: name_of(&cfg.metadata),
+                    device_index: m.device_index,
+                    driver: m.driver,
+                    resource_name: &m.resource_name,
+                };
+                match implied.get(&e) {
+                    None => {
+                        implied.insert(e, want);
+                    }
+                    Some(have) if have.driver == want.driver && have.resource_name == want.resource_name => {}
+                    Some(_) => {
+                        // Another config claimed it first: the older one wins.
+                    }
+                }
+            }
+        }
+    }
+
+    for (e, eni) in live.node_enis.iter().enumerate() {
+        let name = name_of(&eni.metadata);
+        let object = ObjectRef::cluster("NodeENI", name);
+        match implied.get(&e) {
+            Some(want) if !contested.contains(&e) => {
+                // A multi-subnet NodeENI only partly mapped is a conflict the controller
+                // reports; it does not write it.
+                let range = eni_index_range(eni);
+                if range.len() > 1 && wanted_indices.get(&e).is_some_and(|w| w.len() < range.len()) {
+                    continue;
+                }
+                let checks: [(&str, &str, Value, Value); 3] = [
+                    ("/spec/enableDPDK", "deviceIndex", json!(true), opt_json(eni.spec.enable_dpdk.map(Value::Bool))),
+                    ("/spec/dpdkDriver", "driver", json!(want.driver.as_str()), opt_json(eni.spec.dpdk_driver.clone().map(Value::String))),
+                    (
+                        "/spec/dpdkResourceName",
+                        "resourceName",
+                        json!(want.resource_name),
+                        opt_json(eni.spec.dpdk_resource_name.clone().map(Value::String)),
+                    ),
+                ];
+                for (path, cfg_field, git, live_v) in checks {
+                    if git == live_v {
+                        continue;
+                    }
+                    let cfg_ptr = origins.mapping_pointer(want.config, want.device_index, cfg_field);
+                    let loc = origins.locate(want.config, &cfg_ptr);
+                    let at = loc.1.as_ref().map(|f| format!(" ({f}:{})", loc.2.unwrap_or(1))).unwrap_or_default();
+                    let message = format!(
+                        "NodeENI {name}: {} is {} but DPDKConfig {}{at} implies {} for deviceIndex {}",
+                        dotted(path),
+                        show(&live_v),
+                        want.config,
+                        show(&git),
+                        want.device_index
+                    );
+                    out.push(finding(
+                        Layer::ClusterNodeEni,
+                        FindingKind::Modified,
+                        object.clone(),
+                        None,
+                        loc,
+                        path.to_string(),
+                        git,
+                        live_v,
+                        None,
+                        message,
+                    ));
+                }
+            }
+            _ => {
+                // Nothing implies DPDK here. It is drift only when our controller set it and
+                // has not released it yet; someone else's value is theirs.
+                if eni.spec.enable_dpdk == Some(true) && controller_owns(&eni.metadata, "enableDPDK") {
+                    out.push(finding(
+                        Layer::ClusterNodeEni,
+                        FindingKind::Extra,
+                        object,
+                        None,
+                        (None, None, None),
+                        "/spec/enableDPDK".into(),
+                        Value::Null,
+                        Value::Bool(true),
+                        None,
+                        format!("NodeENI {name}: enableDPDK is true (set by {}) but no DPDKConfig asks for it", labels::CONTROLLER_MANAGER),
+                    ));
+                }
+            }
+        }
+    }
+
+    // Conflicts the controller recorded on the configs.
+    for cfg in &live.configs {
+        let name = name_of(&cfg.metadata);
+        for (i, c) in cfg.status.as_ref().map(|s| s.conflicts.as_slice()).unwrap_or_default().iter().enumerate() {
+            let ptr = c.device_index.map_or_else(|| "/spec".to_string(), |d| origins.mapping_pointer(name, d, ""));
+            out.push(finding(
+                Layer::ClusterNodeEni,
+                FindingKind::Conflict,
+                ObjectRef::cluster("DPDKConfig", name),
+                c.node.clone(),
+                origins.locate(name, &ptr),
+                format!("/status/conflicts/{i}"),
+                Value::Null,
+                serde_json::to_value(c).unwrap_or(Value::Null),
+                owned_by(&cfg.metadata),
+                format!("DPDKConfig {name}: {}: {}", c.reason, c.message),
+            ));
+        }
+    }
+}
+
+/// True when `dpdk-controller` owns `spec.<field>` per managedFields.
+fn controller_owns(meta: &ObjectMeta, field: &str) -> bool {
+    let key = format!("f:{field}");
+    meta.managed_fields.as_ref().is_some_and(|mf| {
+        mf.iter().any(|m| {
+            m.manager.as_deref() == Some(labels::CONTROLLER_MANAGER)
+                && m.fields_v1.as_ref().is_some_and(|f| f.0.get("f:spec").and_then(|s| s.get(&key)).is_some())
+        })
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Layer 3: desired ↔ node.
+
+fn desired_node(live: &LiveObjects, live_by_name: &HashMap<&str, &DPDKConfig>, origins: &Origins, out: &mut Vec<Finding>) {
+    for ns in &live.node_states {
+        let node = name_of(&ns.metadata).to_string();
+        let object = ObjectRef::cluster("DPDKNodeState", &node);
+        let spec = &ns.spec;
+        if spec.devices.is_empty() {
+            continue; // teardown or nothing asked: the node owes nothing
+        }
+        // The config that asked for device `d`: the oldest one in spec.configs mapping it.
+        let config_for = |d: i32| -> Option<&str> {
+            spec.configs.iter().map(String::as_str).find(|c| {
+                live_by_name.get(c).is_some_and(|cfg| cfg.spec.resource_mapping.iter().any(|m| m.device_index == d))
+            })
+        };
+        let locate_mapping = |d: i32, field: &str| match config_for(d) {
+            Some(c) => origins.locate(c, &origins.mapping_pointer(c, d, field)),
+            None => (None, None, None),
+        };
+        let first_config = spec.configs.first().map(String::as_str);
+        let locate_cfg = |ptr: &str| first_config.map_or((None, None, None), |c| origins.locate(c, ptr));
+        let at = |loc: &(Option<String>, Option<String>, Option<usize>)| match (&loc.1, loc.2) {
+            (Some(f), Some(l)) => format!(" (asked for in {f}:{l})"),
+            _ => String::new(),
+        };
+        let mut push = |kind, loc, path: String, git: Value, live_v: Value, message: String| {
+            out.push(finding(Layer::DesiredNode, kind, object.clone(), Some(node.clone()), loc, path, git, live_v, None, message));
+        };
+
+        let Some(status) = &ns.status else {
+            let d0 = spec.devices[0].device_index;
+            let loc = locate_mapping(d0, "");
+            let message = format!("node {node}: the node agent has not reported any status{}", at(&loc));
+            push(FindingKind::NotReported, loc, "/status".into(), json!({"devices": spec.devices.len()}), Value::Null, message);
+            continue;
+        };
+
+        for want in &spec.devices {
+            let d = want.device_index;
+            let found = status.devices.iter().enumerate().find(|(_, s)| s.device_index == d);
+            match found {
+                None => {
+                    let loc = locate_mapping(d, "");
+                    let message = format!("node {node}: device {d} ({}) is not reported by the node agent{}", want.node_eni, at(&loc));
+                    push(
+                        FindingKind::DeviceMissing,
+                        loc,
+                        format!("/status/devices/{d}"),
+                        serde_json::to_value(want).unwrap_or(Value::Null),
+                        Value::Null,
+                        message,
+                    );
+                }
+                Some((j, have)) => {
+                    if have.bound && have.driver.as_deref() == Some(want.driver.as_str()) {
+                        continue;
+                    }
+                    let loc = locate_mapping(d, "driver");
+                    let now_on = have.driver.as_deref().unwrap_or("no driver");
+                    let what = [have.pci_address.as_deref(), have.interface_name.as_deref()].into_iter().flatten().collect::<Vec<_>>().join(", ");
+                    let why = match (&have.health, &have.message) {
+                        (Some(h), Some(m)) => format!(" [{h}: {m}]"),
+                        (Some(h), None) => format!(" [{h}]"),
+                        (None, Some(m)) => format!(" [{m}]"),
+                        (None, None) => String::new(),
+                    };
+                    let message = format!(
+                        "node {node}: device {d}{} is on {now_on}, not {}{why}{}",
+                        if what.is_empty() { String::new() } else { format!(" ({what})") },
+                        want.driver,
+                        at(&loc)
+                    );
+                    push(
+                        FindingKind::DeviceDriver,
+                        loc,
+                        format!("/status/devices/{j}/driver"),
+                        json!(want.driver.as_str()),
+                        opt_json(have.driver.clone().map(Value::String)),
+                        message,
+                    );
+                }
+            }
+        }
+
+        let Some(modules) = &status.modules else {
+            let loc = locate_mapping(spec.devices[0].device_index, "driver");
+            let message = format!("node {node}: the node agent reports no kernel module state{}", at(&loc));
+            push(FindingKind::NotReported, loc, "/status/modules".into(), json!("reported"), Value::Null, message);
+            continue;
+        };
+        let vfio_device = spec.devices.iter().find(|d| d.driver == DpdkDriver::VfioPci);
+        if let Some(dev) = vfio_device {
+            for (field, module, loaded) in [("vfio", "vfio", modules.vfio), ("vfioPci", "vfio-pci", modules.vfio_pci)] {
+                if !loaded {
+                    let loc = locate_mapping(dev.device_index, "driver");
+                    let message = format!(
+                        "node {node}: kernel module {module} is not loaded; device {} needs vfio-pci{}",
+                        dev.device_index,
+                        at(&loc)
+                    );
+                    push(FindingKind::ModuleUnloaded, loc, format!("/status/modules/{field}"), json!(true), json!(false), message);
+                }
+            }
+            let want = spec.driver_options.enable_unsafe_no_iommu;
+            if modules.vfio && modules.noiommu != want {
+                let loc = locate_cfg("/spec/driverOptions/enableUnsafeNoIOMMU");
+                let message = format!(
+                    "node {node}: vfio enable_unsafe_noiommu_mode is {}, enableUnsafeNoIOMMU asks for {}{}",
+                    if modules.noiommu { "on" } else { "off" },
+                    if want { "on" } else { "off" },
+                    at(&loc)
+                );
+                push(FindingKind::NoIommu, loc, "/status/modules/noiommu".into(), json!(want), json!(modules.noiommu), message);
+            }
+        }
+        let mut other_drivers: Vec<(&str, i32)> =
+            spec.devices.iter().filter(|d| d.driver != DpdkDriver::VfioPci).map(|d| (d.driver.as_str(), d.device_index)).collect();
+        other_drivers.sort();
+        other_drivers.dedup_by_key(|(m, _)| *m);
+        for (module, d) in other_drivers {
+            if !modules.others.iter().any(|o| o == module) {
+                let loc = locate_mapping(d, "driver");
+                let message = format!("node {node}: kernel module {module} is not loaded; device {d} needs it{}", at(&loc));
+                push(
+                    FindingKind::ModuleUnloaded,
+                    loc,
+                    "/status/modules/others".into(),
+                    json!(module),
+                    serde_json::to_value(&modules.others).unwrap_or(Value::Null),
+                    message,
+                );
+            }
+        }
+        if spec.driver_options.write_combining && modules.write_combining.state != WriteCombiningState::Enabled {
+            // The config that asked for write-combining.
+            let asker = spec
+                .configs
+                .iter()
+                .map(String::as_str)
+                .find(|c| live_by_name.get(c).is_some_and(|cfg| cfg.spec.driver_options.effective_write_combining()))
+                .or(first_config);
+            let loc = asker.map_or((None, None, None), |c| origins.locate(c, origins.write_combining_pointer(c)));
+            let state = match modules.write_combining.state {
+                WriteCombiningState::Enabled => "Enabled",
+                WriteCombiningState::Unavailable => "Unavailable",
+                WriteCombiningState::Disabled => "Disabled",
+            };
+            let reason = modules.write_combining.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+            let message = format!("node {node}: write-combining was asked for and is {state}{reason}{}", at(&loc));
+            push(
+                FindingKind::WriteCombining,
+                loc,
+                "/status/modules/writeCombining/state".into(),
+                json!("Enabled"),
+                json!(state),
+                message,
+            );
+        }
+    }
+}
+

@@ -1,0 +1,27 @@
+//! Drift: what differs between Git, the cluster and the nodes, with the Git file and line
+//! that declares each intent.
+//!
+//! - [`engine`]: pure functions (Git documents × live objects × ignore rules → findings)
+//!   in three layers: Git ↔ cluster, cluster ↔ NodeENI, desired ↔ node.
+//! - [`model`]: the inputs and the report.
+//! - [`normalize`]: defaults and spellings applied before comparing.
+//! - [`ignore`]: `spec.ignoreDifferences` rules.
+//! - [`render`]: the JSON report and a unified diff of all layers.
+//! - [`patch`]: layer 1 as a patch `git apply` accepts, changing only the lines that differ.
+
+pub mod engine;
+pub mod ignore;
+pub mod model;
+pub mod normalize;
+pub mod patch;
+pub mod render;
+pub mod yaml_render;
+
+pub use engine::compute;
+pub use model::*;
+
+/// Parses one YAML document into JSON (`None` when it is not valid YAML).
+// TODO(drift): use the manifest loader's parser once it lands.
+pub fn parse_yaml(text: &str) -> Option<serde_json::Value> {
+    serde_yaml::from_str::<serde_json::Value>(text).ok()
+}
