@@ -55,6 +55,11 @@ pub enum Error {
     ModuleNotVerified { module: String, path: String },
     #[error("kernel {release} was built without CONFIG_VFIO_NOIOMMU, so vfio has no enable_unsafe_noiommu_mode parameter (Debian's kernels lack it; {evidence}), and this node has no IOMMU for vfio-pci to use: enable the IOMMU (intel_iommu=on or amd_iommu=on), run a kernel built with CONFIG_VFIO_NOIOMMU=y, or use igb_uio / uio_pci_generic")]
     NoIommuUnsupported { release: String, evidence: String },
+    // --- ENI mapping (node agent) ---
+    #[error("IMDS {url}: {message}")]
+    Imds { url: String, message: String },
+    #[error("device index {device_index}: {message}")]
+    Mapping { device_index: i32, message: String },
 }
 
 /// An [`Error::Io`] naming the path.

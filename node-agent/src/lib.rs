@@ -9,5 +9,6 @@ pub mod journal;
 pub mod safety;
 pub mod reconcile;
 pub mod modules;
+pub mod mapping;
 
 pub use error::Error;

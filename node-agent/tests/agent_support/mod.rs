@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dpdk_node_agent::kernel::Kernel;
 
+pub mod imds;
+
 /// A NIC on the fake node.
 #[derive(Clone, Debug)]
 pub struct FakeNic {
