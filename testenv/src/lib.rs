@@ -14,6 +14,7 @@ pub mod certs;
 pub mod control_plane;
 pub mod demo;
 pub mod fixtures;
+pub mod git_server;
 mod process;
 
 pub use binaries::{Binaries, ensure_binaries};
