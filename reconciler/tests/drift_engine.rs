@@ -6,19 +6,19 @@ use std::path::Path;
 use std::process::Command;
 
 use dpdk_bridge::api::{
-    ConfigConflict, DPDKConfig, DPDKConfigStatus, DPDKNodeState, DPDKNodeStateSpec, DPDKNodeStateStatus, DesiredDevice, DeviceStatus,
+    DPDKConfig, DPDKConfigStatus, DPDKNodeState, DPDKNodeStateSpec, DPDKNodeStateStatus, DesiredDevice, DeviceStatus,
     DpdkDriver, EffectiveDriverOptions, ENIAttachment, IgnoreRule, ModuleStatus, NodeENI, NodeENISpec, NodeENIStatus, WriteCombiningState,
     WriteCombiningStatus,
 };
 use dpdk_reconciler::drift::patch::{FileChange, file_changes, render_patch};
 use dpdk_reconciler::drift::{FindingKind, GitDocument, GitSource, Layer, LiveObjects, SourceKey, compute};
-use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 
-fn parse(text: &str) -> Option<Value> {
-    dpdk_reconciler::drift::parse_yaml(text)
+/// The objects of one YAML file, through the real manifest loader.
+fn docs(file: &str, text: &str) -> Vec<GitDocument> {
+    GitDocument::from_text(file, text)
 }
 
 const SOURCE: &str = "dpdk-operator/prod";
@@ -27,7 +27,7 @@ fn source(path: &str, files: &[(&str, &str)]) -> GitSource {
     let mut documents = Vec::new();
     let mut texts = BTreeMap::new();
     for (file, text) in files {
-        documents.extend(GitDocument::from_file(file, text, parse));
+        documents.extend(docs(file, text));
         texts.insert(file.to_string(), text.to_string());
     }
     GitSource {
@@ -44,7 +44,11 @@ fn source(path: &str, files: &[(&str, &str)]) -> GitSource {
 /// A DPDKConfig as the API server returns it after our SSA: defaults filled, server
 /// metadata, our labels and annotations, managedFields and status.
 fn live_from_yaml(yaml: &str) -> DPDKConfig {
-    let v = parse(yaml).expect("yaml");
+    let v = docs("live.yaml", yaml).pop().expect("a valid DPDKConfig").value;
+    live_from_json(v)
+}
+
+fn live_from_json(v: Value) -> DPDKConfig {
     let mut cfg: DPDKConfig = serde_json::from_value(v).expect("a DPDKConfig");
     let m = &mut cfg.metadata;
     m.uid = Some("6f1c1f3e-5a7e-4c61-9d0b-3a2f5b7c9e11".into());
@@ -163,7 +167,7 @@ fn round_trip(path: &str, files: &[(&str, &str)], live: &LiveObjects) -> (String
     src.adopt_orphans = true;
     let report = compute(std::slice::from_ref(&src), live, now(), None);
     assert!(!report.findings.is_empty(), "expected drift");
-    let changes = file_changes(&src, &report.findings, live, &parse);
+    let changes = file_changes(&src, &report.findings, live);
     let patch = render_patch(&changes);
     let after = git_apply(files, &patch);
     let after_files: Vec<(&str, &str)> = after.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -176,7 +180,7 @@ fn round_trip(path: &str, files: &[(&str, &str)], live: &LiveObjects) -> (String
 }
 
 fn live_configs_of(text: &str) -> Vec<DPDKConfig> {
-    GitDocument::from_file("x.yaml", text, parse).iter().map(|d| live_from_yaml(&serde_json::to_string(&d.value).expect("json"))).collect()
+    docs("x.yaml", text).into_iter().map(|d| live_from_json(d.value)).collect()
 }
 
 fn changed_lines(patch: &str) -> Vec<&str> {
@@ -375,7 +379,7 @@ fn an_ignore_rule_suppresses_its_finding() {
     assert_eq!(after.findings[0].object.name, "prod-b");
     assert_eq!(after.summary.ignored, 1);
     // The patch leaves the ignored field alone.
-    let patch = render_patch(&file_changes(&src, &after.findings, &live, &parse));
+    let patch = render_patch(&file_changes(&src, &after.findings, &live));
     assert!(!patch.contains("writeCombing"), "{patch}");
     assert!(patch.contains("+      resourceName: example.com/changed"), "{patch}");
 }
@@ -383,13 +387,11 @@ fn an_ignore_rule_suppresses_its_finding() {
 // ---------------------------------------------------------------------------------------
 // Layers 2 and 3.
 
-fn node(name: &str, labels: &[(&str, &str)]) -> Node {
-    Node {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
-            ..Default::default()
-        },
+fn node(name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        uid: Some(format!("uid-{name}")),
+        labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
         ..Default::default()
     }
 }
@@ -488,6 +490,7 @@ fn seed_world() -> (GitSource, LiveObjects) {
         node_enis: vec![pool],
         node_states: vec![node_state("n1", Some(healthy_status())), node_state("n2", Some(healthy_status()))],
         nodes: vec![node("n1", &[("ng", "multi-eni")]), node("n2", &[("ng", "multi-eni")]), node("other", &[("ng", "x")])],
+        complete: true,
     };
     (src, live)
 }
@@ -520,19 +523,14 @@ fn a_nodeeni_reaching_other_nodes_is_not_expected_to_change_and_conflicts_are_re
     live.node_enis[0].spec.node_selector = [("pool".to_string(), "shared".to_string())].into();
     live.node_enis[0].spec.enable_dpdk = None;
     for n in &mut live.nodes {
-        n.metadata.labels.get_or_insert_default().insert("pool".into(), "shared".into());
+        n.labels.get_or_insert_default().insert("pool".into(), "shared".into());
     }
-    live.configs[0].status.get_or_insert_default().conflicts.push(ConfigConflict {
-        reason: "SelectorReachesUnmatchedNodes".into(),
-        message: "NodeENI eni-pool also selects node other".into(),
-        device_index: Some(2),
-        node_eni: Some("eni-pool".into()),
-        ..Default::default()
-    });
     let report = compute(&[src], &live, now(), None);
     let kinds: Vec<_> = report.findings.iter().map(|f| (f.layer, f.kind)).collect();
     assert_eq!(kinds, vec![(Layer::ClusterNodeEni, FindingKind::Conflict)], "{:#?}", report.findings);
-    assert_eq!(report.findings[0].line, Some(13));
+    assert_eq!(report.findings[0].live["reason"], json!("SelectorReachesUnmatchedNodes"));
+    // The selector's line in Git.
+    assert_eq!(report.findings[0].line, Some(7));
 }
 
 #[test]
@@ -540,6 +538,7 @@ fn nodeeni_dpdk_left_on_by_the_controller_without_a_config() {
     let (src, mut live) = seed_world();
     live.configs.clear();
     live.node_states.clear();
+    live.complete = true;
     let mut fields = serde_json::Map::new();
     fields.insert("f:spec".into(), json!({"f:enableDPDK": {}, "f:dpdkDriver": {}}));
     live.node_enis[0].metadata.managed_fields = Some(vec![ManagedFieldsEntry {
@@ -618,7 +617,7 @@ fn file_changes_are_sorted_and_new_files_have_no_old_side() {
     let mut src = source("clusters/prod", &[("clusters/prod/dpdk.yaml", MULTI)]);
     src.adopt_orphans = true;
     let report = compute(std::slice::from_ref(&src), &live, now(), None);
-    let changes = file_changes(&src, &report.findings, &live, &parse);
+    let changes = file_changes(&src, &report.findings, &live);
     let paths: Vec<(&str, bool)> = changes.iter().map(|c: &FileChange| (c.path.as_str(), c.old.is_some())).collect();
     assert_eq!(paths, vec![("clusters/prod/aaa.yaml", false), ("clusters/prod/dpdk.yaml", true)]);
 }

@@ -3,7 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use dpdk_bridge::api::{DPDKConfig, DpdkDriver, NodeENI, WriteCombiningState};
+use dpdk_bridge::api::{ConfigConflict, DPDKConfig, DpdkDriver, NodeENI, WriteCombiningState};
+use dpdk_bridge::plan;
 use dpdk_bridge::labels;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
@@ -25,7 +26,7 @@ pub fn compute(sources: &[GitSource], live: &LiveObjects, now: Timestamp, previo
     for src in sources {
         git_cluster(src, live, &live_by_name, &mut findings);
     }
-    cluster_nodeeni(live, &origins, &mut findings);
+    cluster_nodeeni(live, &origins, now, &mut findings);
     desired_node(live, &live_by_name, &origins, &mut findings);
 
     // Ignore rules are per source; a finding is judged by the rules of the source that
@@ -350,148 +351,51 @@ pub fn compare_config(doc: &GitDocument, cfg: &DPDKConfig) -> Vec<FieldDiff> {
 
 // ---------------------------------------------------------------------------------------
 // Layer 2: cluster ↔ NodeENI.
+//
+// What the configs imply is what the controller would write: its pure planner runs on the
+// same objects, so drift and the controller never disagree on targets, overlaps or
+// conflicts. A planned NodeENI apply whose fields differ from the live ones is drift; a
+// planned release is a NodeENI still carrying DPDK fields no config asks for; conflicts
+// are those the controller reports (or would report, when it has not written them yet).
 
-/// Nodes by label, to match selectors without scanning every node.
-struct NodeIndex<'a> {
-    names: Vec<&'a str>,
-    labels: Vec<&'a BTreeMap<String, String>>,
-    by_label: HashMap<(&'a str, &'a str), Vec<usize>>,
-}
-
-static EMPTY_LABELS: BTreeMap<String, String> = BTreeMap::new();
-
-impl<'a> NodeIndex<'a> {
-    fn new(live: &'a LiveObjects) -> Self {
-        let mut idx = NodeIndex { names: Vec::new(), labels: Vec::new(), by_label: HashMap::new() };
-        for (i, n) in live.nodes.iter().enumerate() {
-            let labels = n.metadata.labels.as_ref().unwrap_or(&EMPTY_LABELS);
-            idx.names.push(name_of(&n.metadata));
-            idx.labels.push(labels);
-            for (k, v) in labels {
-                idx.by_label.entry((k.as_str(), v.as_str())).or_default().push(i);
-            }
-        }
-        idx
-    }
-
-    /// Nodes carrying every label of `selector`; an empty selector matches every node.
-    fn matching(&self, selector: &BTreeMap<String, String>) -> Vec<usize> {
-        if selector.is_empty() {
-            return (0..self.names.len()).collect();
-        }
-        let mut lists: Vec<&Vec<usize>> = Vec::with_capacity(selector.len());
-        for (k, v) in selector {
-            match self.by_label.get(&(k.as_str(), v.as_str())) {
-                Some(l) => lists.push(l),
-                None => return Vec::new(),
-            }
-        }
-        lists.sort_by_key(|l| l.len());
-        lists[0].iter().copied().filter(|&i| selector.iter().all(|(k, v)| self.labels[i].get(k) == Some(v))).collect()
-    }
-}
-
-/// The DPDK fields a config implies on one NodeENI.
-#[derive(Clone, Debug, PartialEq)]
-struct Implied<'a> {
-    config: &'a str,
-    device_index: i32,
-    driver: DpdkDriver,
-    resource_name: &'a str,
-}
-
-fn eni_index_range(eni: &NodeENI) -> std::ops::Range<i32> {
-    let base = eni.spec.device_index.unwrap_or(1);
-    let n = eni
-        .spec
-        .subnet_ids
-        .as_ref()
-        .filter(|v| !v.is_empty())
-        .or(eni.spec.subnet_names.as_ref().filter(|v| !v.is_empty()))
-        .map_or(1, |v| v.len() as i32);
-    base..base + n
-}
-
-fn cluster_nodeeni(live: &LiveObjects, origins: &Origins, out: &mut Vec<Finding>) {
-    let nodes = NodeIndex::new(live);
-    // NodeENI → nodes its selector reaches; node → NodeENIs that reach it.
-    let eni_nodes: Vec<Vec<usize>> = live.node_enis.iter().map(|e| nodes.matching(&e.spec.node_selector)).collect();
-    let mut node_enis: Vec<Vec<usize>> = vec![Vec::new(); nodes.names.len()];
-    for (e, ns) in eni_nodes.iter().enumerate() {
-        for &n in ns {
-            node_enis[n].push(e);
-        }
-    }
-
-    // Oldest config first: on overlap the older one wins, as in the controller.
-    let mut configs: Vec<&DPDKConfig> = live.configs.iter().filter(|c| c.metadata.deletion_timestamp.is_none()).collect();
+fn cluster_nodeeni(live: &LiveObjects, origins: &Origins, now: Timestamp, out: &mut Vec<Finding>) {
+    let snap = plan::Snapshot {
+        configs: live.configs.iter().collect(),
+        nodes: live.nodes.iter().collect(),
+        node_enis: live.node_enis.iter().collect(),
+        node_states: live.node_states.iter().collect(),
+        server_conflicts: Vec::new(),
+    };
+    let settings = plan::Settings { cluster_scope: live.complete, ..Default::default() };
+    let planned = plan::plan(&snap, &settings, now);
+    let enis: HashMap<&str, &NodeENI> = live.node_enis.iter().map(|e| (name_of(&e.metadata), e)).collect();
+    let mut configs: Vec<&DPDKConfig> = live.configs.iter().collect();
     configs.sort_by(|a, b| {
         (a.metadata.creation_timestamp.as_ref().map(|t| t.0), name_of(&a.metadata))
             .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), name_of(&b.metadata)))
     });
-    let mut implied: HashMap<usize, Implied> = HashMap::new();
-    let mut contested: HashSet<usize> = HashSet::new();
-    let mut wanted_indices: HashMap<usize, BTreeSet<i32>> = HashMap::new();
-    for cfg in configs {
-        let matched: HashSet<usize> = nodes.matching(&cfg.spec.node_selector).into_iter().collect();
-        for &n in &matched {
-            let node_name = nodes.names[n];
-            for m in &cfg.spec.resource_mapping {
-                let target = node_enis[n].iter().copied().find(|&e| {
-                    let eni = &live.node_enis[e];
-                    let atts = eni.status.as_ref().map(|s| s.attachments.as_slice()).unwrap_or_default();
-                    let for_node: Vec<_> = atts.iter().filter(|a| a.node_id.as_deref() == Some(node_name)).collect();
-                    if for_node.is_empty() {
-                        eni_index_range(eni).contains(&m.device_index)
-                    } else {
-                        for_node.iter().any(|a| a.device_index == Some(m.device_index))
-                    }
-                });
-                let Some(e) = target else { continue };
-                // A NodeENI that also reaches nodes outside this config's selector is left
-                // alone by the controller (it would bind those nodes too).
-                if !eni_nodes[e].iter().all(|x| matched.contains(x)) {
-                    contested.insert(e);
-                    continue;
-                }
-                wanted_indices.entry(e).or_default().insert(m.device_index);
-                let want = Implied {
-                    config: name_of(&cfg.metadata),
-                    device_index: m.device_index,
-                    driver: m.driver,
-                    resource_name: &m.resource_name,
-                };
-                match implied.get(&e) {
-                    None => {
-                        implied.insert(e, want);
-                    }
-                    Some(have) if have.driver == want.driver && have.resource_name == want.resource_name => {}
-                    Some(_) => {
-                        // Another config claimed it first: the older one wins.
-                    }
-                }
-            }
-        }
-    }
+    let mut planned_conflicts: HashMap<&str, &[ConfigConflict]> = HashMap::new();
 
-    for (e, eni) in live.node_enis.iter().enumerate() {
-        let name = name_of(&eni.metadata);
-        let object = ObjectRef::cluster("NodeENI", name);
-        match implied.get(&e) {
-            Some(want) if !contested.contains(&e) => {
-                // A multi-subnet NodeENI only partly mapped is a conflict the controller
-                // reports; it does not write it.
-                let range = eni_index_range(eni);
-                if range.len() > 1 && wanted_indices.get(&e).is_some_and(|w| w.len() < range.len()) {
-                    continue;
-                }
+    for w in &planned.writes {
+        match w {
+            plan::Write::ApplyNodeEni { name, fields, .. } => {
+                let Some(eni) = enis.get(name.as_str()) else { continue };
+                // The oldest config asking for these fields is the one that implies them.
+                let asker = configs.iter().find_map(|c| {
+                    c.spec
+                        .resource_mapping
+                        .iter()
+                        .find(|m| m.driver == fields.driver && m.resource_name == fields.resource_name)
+                        .map(|m| (name_of(&c.metadata), m.device_index))
+                });
+                let object = ObjectRef::cluster("NodeENI", name);
                 let checks: [(&str, &str, Value, Value); 3] = [
-                    ("/spec/enableDPDK", "deviceIndex", json!(true), opt_json(eni.spec.enable_dpdk.map(Value::Bool))),
-                    ("/spec/dpdkDriver", "driver", json!(want.driver.as_str()), opt_json(eni.spec.dpdk_driver.clone().map(Value::String))),
+                    ("/spec/enableDPDK", "", json!(true), opt_json(eni.spec.enable_dpdk.map(Value::Bool))),
+                    ("/spec/dpdkDriver", "driver", json!(fields.driver.as_str()), opt_json(eni.spec.dpdk_driver.clone().map(Value::String))),
                     (
                         "/spec/dpdkResourceName",
                         "resourceName",
-                        json!(want.resource_name),
+                        json!(fields.resource_name),
                         opt_json(eni.spec.dpdk_resource_name.clone().map(Value::String)),
                     ),
                 ];
@@ -499,17 +403,14 @@ fn cluster_nodeeni(live: &LiveObjects, origins: &Origins, out: &mut Vec<Finding>
                     if git == live_v {
                         continue;
                     }
-                    let cfg_ptr = origins.mapping_pointer(want.config, want.device_index, cfg_field);
-                    let loc = origins.locate(want.config, &cfg_ptr);
-                    let at = loc.1.as_ref().map(|f| format!(" ({f}:{})", loc.2.unwrap_or(1))).unwrap_or_default();
-                    let message = format!(
-                        "NodeENI {name}: {} is {} but DPDKConfig {}{at} implies {} for deviceIndex {}",
-                        dotted(path),
-                        show(&live_v),
-                        want.config,
-                        show(&git),
-                        want.device_index
-                    );
+                    let (loc, by) = match asker {
+                        Some((c, d)) => {
+                            let loc = origins.locate(c, &origins.mapping_pointer(c, d, cfg_field));
+                            let at = loc.1.as_ref().map(|f| format!(" ({f}:{})", loc.2.unwrap_or(1))).unwrap_or_default();
+                            (loc, format!("DPDKConfig {c}{at} implies {} for deviceIndex {d}", show(&git)))
+                        }
+                        None => ((None, None, None), format!("the DPDKConfigs imply {}", show(&git))),
+                    };
                     out.push(finding(
                         Layer::ClusterNodeEni,
                         FindingKind::Modified,
@@ -518,38 +419,47 @@ fn cluster_nodeeni(live: &LiveObjects, origins: &Origins, out: &mut Vec<Finding>
                         loc,
                         path.to_string(),
                         git,
-                        live_v,
+                        live_v.clone(),
                         None,
-                        message,
+                        format!("NodeENI {name}: {} is {} but {by}", dotted(path), show(&live_v)),
                     ));
                 }
             }
-            _ => {
-                // Nothing implies DPDK here. It is drift only when our controller set it and
-                // has not released it yet; someone else's value is theirs.
-                if eni.spec.enable_dpdk == Some(true) && controller_owns(&eni.metadata, "enableDPDK") {
-                    out.push(finding(
-                        Layer::ClusterNodeEni,
-                        FindingKind::Extra,
-                        object,
-                        None,
-                        (None, None, None),
-                        "/spec/enableDPDK".into(),
-                        Value::Null,
-                        Value::Bool(true),
-                        None,
-                        format!("NodeENI {name}: enableDPDK is true (set by {}) but no DPDKConfig asks for it", labels::CONTROLLER_MANAGER),
-                    ));
-                }
+            plan::Write::ReleaseNodeEni { name, .. } => {
+                let Some(eni) = enis.get(name.as_str()) else { continue };
+                out.push(finding(
+                    Layer::ClusterNodeEni,
+                    FindingKind::Extra,
+                    ObjectRef::cluster("NodeENI", name),
+                    None,
+                    (None, None, None),
+                    "/spec/enableDPDK".into(),
+                    Value::Null,
+                    opt_json(eni.spec.enable_dpdk.map(Value::Bool)),
+                    None,
+                    format!("NodeENI {name}: carries DPDK fields set by {} that no DPDKConfig asks for any more", labels::CONTROLLER_MANAGER),
+                ));
             }
+            plan::Write::ConfigStatus { config, status } => {
+                planned_conflicts.insert(config.as_str(), status.conflicts.as_slice());
+            }
+            _ => {}
         }
     }
 
-    // Conflicts the controller recorded on the configs.
+    // Conflicts: what the controller reported, or what it is about to report.
     for cfg in &live.configs {
         let name = name_of(&cfg.metadata);
-        for (i, c) in cfg.status.as_ref().map(|s| s.conflicts.as_slice()).unwrap_or_default().iter().enumerate() {
-            let ptr = c.device_index.map_or_else(|| "/spec".to_string(), |d| origins.mapping_pointer(name, d, ""));
+        let conflicts = planned_conflicts
+            .get(name)
+            .copied()
+            .unwrap_or_else(|| cfg.status.as_ref().map(|s| s.conflicts.as_slice()).unwrap_or_default());
+        for (i, c) in conflicts.iter().enumerate() {
+            let ptr = match (c.device_index, c.reason.as_str()) {
+                (_, plan::reason::SELECTOR_REACHES_UNMATCHED_NODES) => "/spec/nodeSelector".to_string(),
+                (Some(d), _) => origins.mapping_pointer(name, d, ""),
+                (None, _) => "/spec".to_string(),
+            };
             out.push(finding(
                 Layer::ClusterNodeEni,
                 FindingKind::Conflict,
@@ -564,17 +474,6 @@ fn cluster_nodeeni(live: &LiveObjects, origins: &Origins, out: &mut Vec<Finding>
             ));
         }
     }
-}
-
-/// True when `dpdk-controller` owns `spec.<field>` per managedFields.
-fn controller_owns(meta: &ObjectMeta, field: &str) -> bool {
-    let key = format!("f:{field}");
-    meta.managed_fields.as_ref().is_some_and(|mf| {
-        mf.iter().any(|m| {
-            m.manager.as_deref() == Some(labels::CONTROLLER_MANAGER)
-                && m.fields_v1.as_ref().is_some_and(|f| f.0.get("f:spec").and_then(|s| s.get(&key)).is_some())
-        })
-    })
 }
 
 // ---------------------------------------------------------------------------------------

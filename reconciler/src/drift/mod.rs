@@ -20,8 +20,3 @@ pub mod yaml_render;
 pub use engine::compute;
 pub use model::*;
 
-/// Parses one YAML document into JSON (`None` when it is not valid YAML).
-// TODO(drift): use the manifest loader's parser once it lands.
-pub fn parse_yaml(text: &str) -> Option<serde_json::Value> {
-    serde_yaml::from_str::<serde_json::Value>(text).ok()
-}

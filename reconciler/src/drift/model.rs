@@ -4,11 +4,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use dpdk_bridge::api::{DPDKConfig, DPDKNodeState, IgnoreRule, NodeENI};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::manifest::position::{PositionIndex, RawDocument, index_file};
+use crate::manifest::Manifests;
+use crate::manifest::load::RawFile;
+use crate::manifest::position::{PositionIndex, RawDocument};
 
 /// A DPDKConfigSource, by namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -54,17 +56,21 @@ pub struct GitDocument {
 }
 
 impl GitDocument {
-    /// Splits and indexes a file's text; `parse` turns one document's text into JSON
-    /// (the manifest loader's job; blank documents are skipped).
-    pub fn from_file(file: &str, text: &str, parse: impl Fn(&str) -> Option<Value>) -> Vec<GitDocument> {
-        index_file(text)
-            .into_iter()
-            .filter(|d| !d.raw.is_blank())
-            .filter_map(|d| {
-                let value = parse(&d.raw.text)?;
-                Some(GitDocument { file: file.to_string(), raw: d.raw, positions: d.index, value })
+    /// The valid DPDKConfig documents of loaded manifests.
+    pub fn from_manifests(m: &Manifests) -> Vec<GitDocument> {
+        m.objects
+            .iter()
+            .filter_map(|o| {
+                let doc = m.document(o)?;
+                Some(GitDocument { file: o.file.clone(), raw: doc.raw.clone(), positions: doc.index.clone(), value: o.body.clone() })
             })
             .collect()
+    }
+
+    /// Loads one file's text through the manifest loader and validator: its valid
+    /// DPDKConfig documents.
+    pub fn from_text(file: &str, text: &str) -> Vec<GitDocument> {
+        GitDocument::from_manifests(&Manifests::from_files(vec![RawFile { path: file.to_string(), bytes: text.as_bytes().to_vec() }]))
     }
 
     /// First line of the document's content (1-based, in the file).
@@ -120,13 +126,33 @@ pub struct GitSource {
     pub adopt_orphans: bool,
 }
 
+impl GitSource {
+    /// A source from manifests loaded at `revision`: every file's text (for the patch)
+    /// and every valid DPDKConfig document.
+    pub fn from_manifests(key: Option<SourceKey>, revision: Option<String>, path: &str, m: &Manifests) -> GitSource {
+        GitSource {
+            key,
+            revision,
+            path: path.to_string(),
+            files: m.files.iter().map(|f| (f.path.clone(), f.text.clone())).collect(),
+            documents: GitDocument::from_manifests(m),
+            ignore: Vec::new(),
+            adopt_orphans: false,
+        }
+    }
+}
+
 /// The live cluster objects the engine compares against.
 #[derive(Clone, Debug, Default)]
 pub struct LiveObjects {
     pub configs: Vec<DPDKConfig>,
     pub node_enis: Vec<NodeENI>,
     pub node_states: Vec<DPDKNodeState>,
-    pub nodes: Vec<Node>,
+    /// Node metadata (labels are what matters).
+    pub nodes: Vec<ObjectMeta>,
+    /// True when these are every such object in the cluster (not a scoped subset): then
+    /// NodeENI DPDK fields no config explains count as drift.
+    pub complete: bool,
 }
 
 /// The three layers of drift.
@@ -145,6 +171,22 @@ pub enum Layer {
 
 impl Layer {
     pub const ALL: [Layer; 3] = [Layer::GitCluster, Layer::ClusterNodeEni, Layer::DesiredNode];
+
+    /// The kinds of finding this layer can have.
+    pub fn kinds(self) -> &'static [FindingKind] {
+        match self {
+            Layer::GitCluster => &[FindingKind::Modified, FindingKind::Missing, FindingKind::Extra],
+            Layer::ClusterNodeEni => &[FindingKind::Modified, FindingKind::Extra, FindingKind::Conflict],
+            Layer::DesiredNode => &[
+                FindingKind::DeviceDriver,
+                FindingKind::DeviceMissing,
+                FindingKind::ModuleUnloaded,
+                FindingKind::NoIommu,
+                FindingKind::WriteCombining,
+                FindingKind::NotReported,
+            ],
+        }
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -21,9 +21,6 @@ use super::normalize::pointer_tokens;
 use super::yaml_render::{Style, block_lines, entry_lines, item_lines, render_scalar};
 use crate::manifest::position::{Node, NodeKind, PositionIndex, Pos, index_file, parent_pointer};
 
-/// Parses one YAML document's text into JSON; `None` when it is not valid YAML.
-pub type ParseFn<'a> = &'a dyn Fn(&str) -> Option<Value>;
-
 /// One file the patch touches. `None` means the file does not exist on that side.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileChange {
@@ -34,7 +31,7 @@ pub struct FileChange {
 
 /// The layer-1 findings of `src` (already filtered by ignore rules) as file changes,
 /// sorted by path.
-pub fn file_changes(src: &GitSource, findings: &[Finding], live: &LiveObjects, parse: ParseFn) -> Vec<FileChange> {
+pub fn file_changes(src: &GitSource, findings: &[Finding], live: &LiveObjects) -> Vec<FileChange> {
     let source = src.key.as_ref().map(ToString::to_string);
     let ours: Vec<&Finding> = findings.iter().filter(|f| f.layer == Layer::GitCluster && f.source == source).collect();
     let live_cfg = |name: &str| live.configs.iter().find(|c| c.metadata.name.as_deref() == Some(name));
@@ -86,7 +83,7 @@ pub fn file_changes(src: &GitSource, findings: &[Finding], live: &LiveObjects, p
                     let doc = &src.documents[i];
                     let name = doc.name().unwrap_or_default();
                     let Some(cfg) = live_cfg(name) else { return false };
-                    !reparsed_matches(file, &new_text, name, cfg, parse)
+                    !reparsed_matches(file, &new_text, name, cfg)
                 })
                 .collect();
             if failed.is_empty() {
@@ -106,8 +103,8 @@ pub fn file_changes(src: &GitSource, findings: &[Finding], live: &LiveObjects, p
 }
 
 /// True when the document named `name` in `text` shows no difference to `cfg`.
-fn reparsed_matches(file: &str, text: &str, name: &str, cfg: &DPDKConfig, parse: ParseFn) -> bool {
-    let docs = GitDocument::from_file(file, text, parse);
+fn reparsed_matches(file: &str, text: &str, name: &str, cfg: &DPDKConfig) -> bool {
+    let docs = GitDocument::from_text(file, text);
     match docs.iter().find(|d| d.is_dpdk_config() && d.name() == Some(name)) {
         Some(doc) => compare_config(doc, cfg).is_empty(),
         None => false,

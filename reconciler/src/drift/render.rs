@@ -11,7 +11,7 @@ use serde_json::Value;
 use similar::TextDiff;
 
 use super::model::{DriftReport, Finding, GitSource, Layer, LiveObjects};
-use super::patch::{ParseFn, file_changes, render_patch};
+use super::patch::{file_changes, render_patch};
 
 /// The report as pretty JSON.
 pub fn render_json(report: &DriftReport) -> String {
@@ -22,8 +22,8 @@ pub fn render_json(report: &DriftReport) -> String {
 
 /// The patch for one source, with a comment header naming the source, the revision and
 /// the time. `git apply` skips the header.
-pub fn render_source_patch(report: &DriftReport, src: &GitSource, live: &LiveObjects, parse: ParseFn) -> String {
-    let body = render_patch(&file_changes(src, &report.findings, live, parse));
+pub fn render_source_patch(report: &DriftReport, src: &GitSource, live: &LiveObjects) -> String {
+    let body = render_patch(&file_changes(src, &report.findings, live));
     if body.is_empty() {
         return String::new();
     }
@@ -43,7 +43,7 @@ pub fn render_source_patch(report: &DriftReport, src: &GitSource, live: &LiveObj
 
 /// A unified diff of all layers: layer 1 as file diffs with repo-relative headers, layer
 /// 2 per NodeENI, layer 3 per node.
-pub fn render_diff(report: &DriftReport, sources: &[GitSource], live: &LiveObjects, parse: ParseFn) -> String {
+pub fn render_diff(report: &DriftReport, sources: &[GitSource], live: &LiveObjects) -> String {
     let mut out = String::new();
     if report.findings.is_empty() {
         return out;
@@ -52,7 +52,7 @@ pub fn render_diff(report: &DriftReport, sources: &[GitSource], live: &LiveObjec
     let _ = writeln!(out, "# '-' is what Git (or the DPDKNodeState spec) asks for, '+' what the cluster (or the node) has.");
 
     for src in sources {
-        let body = render_patch(&file_changes(src, &report.findings, live, parse));
+        let body = render_patch(&file_changes(src, &report.findings, live));
         if body.is_empty() {
             continue;
         }
