@@ -69,7 +69,9 @@ impl ControlPlane {
                 (None, d.clone())
             }
             None => {
-                let t = tempfile::Builder::new().prefix("dpdk-testenv-").tempdir().map_err(io_err("/tmp"))?;
+                sweep_stale_dirs();
+                let prefix = format!("dpdk-testenv-{}-", std::process::id());
+                let t = tempfile::Builder::new().prefix(&prefix).tempdir().map_err(io_err("/tmp"))?;
                 let p = t.path().to_path_buf();
                 (Some(t), p)
             }
@@ -322,6 +324,21 @@ impl Drop for ControlPlane {
     }
 }
 
+/// Removes data directories left by test processes that are gone. A shared control plane
+/// lives in a static and is never dropped, so its temporary directory outlives the test
+/// binary; the next start cleans it up. Directory names carry the owner's pid.
+fn sweep_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(rest) = name.strip_prefix("dpdk-testenv-") else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// The workspace root (where `deploy/` lives).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
@@ -344,4 +361,21 @@ pub fn shared() -> &'static ControlPlane {
 pub fn unique_name(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     format!("{prefix}-{:x}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stale_dirs_of_dead_processes_are_swept_and_live_ones_kept() {
+        let tmp = std::env::temp_dir();
+        // pid_max is at most 2^22, so this pid cannot be alive.
+        let dead = tmp.join("dpdk-testenv-4294967295-abc");
+        let live = tmp.join(format!("dpdk-testenv-{}-keepme", std::process::id()));
+        std::fs::create_dir_all(dead.join("etcd")).expect("dead dir");
+        std::fs::create_dir_all(&live).expect("live dir");
+        super::sweep_stale_dirs();
+        assert!(!dead.exists(), "a dead process's data dir must be removed");
+        assert!(live.exists(), "a live process's data dir must be kept");
+        std::fs::remove_dir_all(&live).expect("cleanup");
+    }
 }
