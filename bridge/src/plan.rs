@@ -1593,10 +1593,10 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
+/// Full precision: the value is written once per teardown and copied after, and a
+/// truncated start would let the timeout fire up to a second early.
 fn rfc3339(t: Timestamp) -> String {
-    Timestamp::from_second(t.as_second())
-        .unwrap_or(t)
-        .to_string()
+    t.to_string()
 }
 
 #[cfg(test)]
@@ -2684,6 +2684,33 @@ mod tests {
             ev.note
         );
         assert_eq!(ev.after, Some((Kind::NodeState, "node-0".to_string())));
+    }
+
+    #[test]
+    fn the_teardown_clock_keeps_sub_second_precision() {
+        let mut w = seed_world(1);
+        w.settings.teardown_timeout = Duration::from_secs(60);
+        w.converge();
+        w.delete_config("default-dpdk-config");
+        w.now = t(100) + Duration::from_millis(900);
+        w.apply(&w.plan());
+        // 59.95 s later: a start truncated to whole seconds would already have expired.
+        w.now = t(100) + Duration::from_millis(900 + 59_950);
+        let p = w.plan();
+        assert!(
+            p.writes
+                .iter()
+                .all(|x| matches!(x, Write::ConfigStatus { .. })),
+            "{:?}",
+            p.writes
+        );
+        w.now = t(100) + Duration::from_millis(900 + 60_000);
+        assert!(
+            w.plan()
+                .writes
+                .iter()
+                .any(|x| matches!(x, Write::ReleaseNodeEni { .. }))
+        );
     }
 
     #[test]

@@ -42,6 +42,66 @@ enum Cmd {
         #[arg(long, default_value_t = 1024 * 1024)]
         max_file_bytes: u64,
     },
+    /// Run the cluster side: the DPDK controller (DPDKConfig -> node labels, NodeENI DPDK
+    /// fields, DPDKNodeStates) with leader election, and the HTTP server (/metrics,
+    /// /healthz, /readyz). Connects in-cluster, or with $KUBECONFIG.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Listen address of the HTTP server.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    http_addr: String,
+    #[command(flatten)]
+    controller: dpdk_reconciler::controller::ControllerArgs,
+}
+
+/// `run`: the HTTP server and the controller until SIGTERM or SIGINT.
+async fn run(args: RunArgs) -> Result<(), dpdk_reconciler::Error> {
+    use dpdk_reconciler::{Error, controller, metrics, server};
+    use std::sync::Arc;
+    let opts = args.controller.into_options()?;
+    let client = kube::Client::try_default().await.map_err(|source| Error::Kube {
+        context: "connecting to the API server (in-cluster service account or $KUBECONFIG)".into(),
+        source,
+    })?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the process");
+                let _ = tokio::signal::ctrl_c().await;
+                on_signal.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down");
+        on_signal.cancel();
+    });
+    let mut registry = metrics::Registry::default();
+    let controller_metrics = Arc::new(metrics::ControllerMetrics::register(&mut registry));
+    let health = server::Health::new();
+    let listener = server::bind(&args.http_addr).await?;
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    let app = server::router(server::AppState { registry: Arc::new(registry), health: health.clone() }, vec![]);
+    let http = tokio::spawn(server::serve(listener, app, shutdown.clone()));
+    let telemetry = controller::Telemetry { metrics: controller_metrics, health };
+    let result = controller::run_with(client, opts, telemetry, shutdown.clone()).await;
+    shutdown.cancel();
+    match http.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server"),
+        Err(e) => tracing::warn!(error = %e, "HTTP server task"),
+        Ok(Ok(())) => {}
+    }
+    result
 }
 
 fn main() -> ExitCode {
@@ -64,6 +124,22 @@ fn main() -> ExitCode {
                 &mut std::io::stdout().lock(),
                 &mut std::io::stderr().lock(),
             ))
+        }
+        Cmd::Run(args) => {
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("dpdk-reconciler run: starting the runtime: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match rt.block_on(run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("dpdk-reconciler run: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
     }
 }
