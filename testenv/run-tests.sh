@@ -3,6 +3,8 @@
 # control plane from Go modules (cached under ~/.cache/dpdk-gitops), then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# CI builds once from scratch: incremental caches only cost time and disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 started=$(date +%s)
 say() { printf '\n==> [%4ss] %s\n' "$(( $(date +%s) - started ))" "$*"; }
 
