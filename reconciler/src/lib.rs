@@ -7,6 +7,7 @@ pub mod drift;
 pub mod manifest;
 pub mod metrics;
 pub mod server;
+pub mod source;
 
 /// Errors of the reconciler crate.
 #[derive(Debug, thiserror::Error)]
@@ -35,4 +36,6 @@ pub enum Error {
     Flag(String),
     #[error("DPDK controller: {0}")]
     Controller(String),
+    #[error("DPDKConfigSource {key}: {message}")]
+    Source { key: String, message: String },
 }

@@ -1,0 +1,253 @@
+//! Pure helpers over a DPDKConfigSource's spec: intervals, refs, revisions, URLs.
+
+use std::time::Duration;
+
+use dpdk_bridge::api::GitRef;
+
+/// Parses a Go-style duration (`30s`, `5m`, `1h30m`, `1.5h`, `500ms`).
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid interval {s:?}: use a Go duration such as 30s, 5m or 1h");
+    if s.is_empty() {
+        return Err(bad());
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        if num_end == 0 {
+            return Err(bad());
+        }
+        let n: f64 = rest[..num_end].parse().map_err(|_| bad())?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let secs = match &rest[..unit_end] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += n * secs;
+        rest = &rest[unit_end..];
+    }
+    if !total.is_finite() || total > 366.0 * 86400.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+/// A branch, tag or commit to fetch.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum RefSpec {
+    Branch(String),
+    Tag(String),
+    Commit(String),
+}
+
+impl RefSpec {
+    /// Exactly one of branch, tag or commit (the CRD enforces this too).
+    pub fn from_git_ref(r: &GitRef) -> Result<RefSpec, String> {
+        let valid_name = |n: &str| {
+            !n.is_empty()
+                && !n.starts_with('-')
+                && !n.contains("..")
+                && !n.contains(|c: char| {
+                    c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c)
+                })
+        };
+        match (&r.branch, &r.tag, &r.commit) {
+            (Some(b), None, None) if valid_name(b) => Ok(RefSpec::Branch(b.clone())),
+            (None, Some(t), None) if valid_name(t) => Ok(RefSpec::Tag(t.clone())),
+            (None, None, Some(c)) if c.len() == 40 && c.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Ok(RefSpec::Commit(c.to_ascii_lowercase()))
+            }
+            (None, None, None) => Err("spec.ref must set one of branch, tag or commit".into()),
+            _ => Err("spec.ref must set exactly one valid branch, tag or 40-hex commit".into()),
+        }
+    }
+
+    /// The refspecs to fetch. A commit is fetched with every branch and tag (servers do not
+    /// generally allow fetching an arbitrary SHA).
+    pub fn refspecs(&self) -> Vec<String> {
+        match self {
+            RefSpec::Branch(b) => vec![format!("+refs/heads/{b}:refs/remotes/origin/{b}")],
+            RefSpec::Tag(t) => vec![format!("+refs/tags/{t}:refs/tags/{t}")],
+            RefSpec::Commit(_) => vec![
+                "+refs/heads/*:refs/remotes/origin/*".to_string(),
+                "+refs/tags/*:refs/tags/*".to_string(),
+            ],
+        }
+    }
+
+    /// The local reference the fetched ref lands in (None for a commit).
+    pub fn local_ref(&self) -> Option<String> {
+        match self {
+            RefSpec::Branch(b) => Some(format!("refs/remotes/origin/{b}")),
+            RefSpec::Tag(t) => Some(format!("refs/tags/{t}")),
+            RefSpec::Commit(_) => None,
+        }
+    }
+
+    /// The revision string recorded in annotations and status: `main@sha1:<sha>`,
+    /// `v1.2@sha1:<sha>`, or `sha1:<sha>` for a pinned commit (Flux's format).
+    pub fn revision(&self, sha: &str) -> String {
+        match self {
+            RefSpec::Branch(n) | RefSpec::Tag(n) => format!("{n}@sha1:{sha}"),
+            RefSpec::Commit(_) => format!("sha1:{sha}"),
+        }
+    }
+}
+
+/// The transport of a source URL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Https,
+    Ssh,
+    File,
+}
+
+/// Host and port of an `ssh://` or `https://` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Remote {
+    pub transport: Transport,
+    pub host: String,
+    pub port: Option<u16>,
+    /// For file://: the local path of the repository.
+    pub path: String,
+}
+
+/// Parses `spec.url`: https://, ssh:// or file:// (the CRD admits only these).
+pub fn parse_url(url: &str) -> Result<Remote, String> {
+    let (transport, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (Transport::Https, r)
+    } else if let Some(r) = url.strip_prefix("ssh://") {
+        (Transport::Ssh, r)
+    } else if let Some(r) = url.strip_prefix("file://") {
+        return Ok(Remote {
+            transport: Transport::File,
+            host: String::new(),
+            port: None,
+            path: r.to_string(),
+        });
+    } else {
+        return Err(format!(
+            "unsupported URL {url:?}: use https://, ssh:// or file://"
+        ));
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    let hostport = authority
+        .rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(authority);
+    let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
+        // [ipv6]:port
+        let (h, p) = h
+            .split_once(']')
+            .ok_or_else(|| format!("invalid host in {url:?}"))?;
+        (
+            h.to_string(),
+            p.strip_prefix(':')
+                .map(str::parse::<u16>)
+                .transpose()
+                .map_err(|_| format!("invalid port in {url:?}"))?,
+        )
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_string(),
+                Some(
+                    p.parse::<u16>()
+                        .map_err(|_| format!("invalid port in {url:?}"))?,
+                ),
+            ),
+            None => (hostport.to_string(), None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("no host in {url:?}"));
+    }
+    let path = rest.get(authority.len()..).unwrap_or("").to_string();
+    Ok(Remote {
+        transport,
+        host,
+        port,
+        path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_interval("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_interval("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_interval("5").is_err());
+        assert!(parse_interval("m").is_err());
+        assert!(parse_interval("5d").is_err());
+        assert!(parse_interval("").is_err());
+    }
+
+    #[test]
+    fn refs_and_revisions() {
+        let b = RefSpec::from_git_ref(&GitRef {
+            branch: Some("main".into()),
+            tag: None,
+            commit: None,
+        })
+        .expect("branch");
+        assert_eq!(b.revision("abc"), "main@sha1:abc");
+        assert_eq!(
+            b.refspecs(),
+            vec!["+refs/heads/main:refs/remotes/origin/main"]
+        );
+        let c = "0123456789abcdef0123456789abcdef01234567";
+        let c = RefSpec::from_git_ref(&GitRef {
+            branch: None,
+            tag: None,
+            commit: Some(c.into()),
+        })
+        .expect("commit");
+        assert_eq!(c.revision("x"), "sha1:x");
+        assert!(
+            RefSpec::from_git_ref(&GitRef {
+                branch: Some("a".into()),
+                tag: Some("b".into()),
+                commit: None
+            })
+            .is_err()
+        );
+        assert!(
+            RefSpec::from_git_ref(&GitRef {
+                branch: Some("--upload-pack=x".into()),
+                tag: None,
+                commit: None
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn urls() {
+        let r = parse_url("ssh://git@127.0.0.1:2222/srv/repo.git").expect("ssh");
+        assert_eq!(
+            (r.transport, r.host.as_str(), r.port, r.path.as_str()),
+            (Transport::Ssh, "127.0.0.1", Some(2222), "/srv/repo.git")
+        );
+        let r = parse_url("https://user@example.com/org/repo").expect("https");
+        assert_eq!((r.host.as_str(), r.port), ("example.com", None));
+        let r = parse_url("file:///tmp/repo").expect("file");
+        assert_eq!(
+            (r.transport, r.path.as_str()),
+            (Transport::File, "/tmp/repo")
+        );
+        assert!(parse_url("git@github.com:org/repo").is_err());
+    }
+}
