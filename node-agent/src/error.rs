@@ -60,6 +60,11 @@ pub enum Error {
     Imds { url: String, message: String },
     #[error("device index {device_index}: {message}")]
     Mapping { device_index: i32, message: String },
+    // --- reporting (node agent) ---
+    #[error("reporting to {object}: {message}")]
+    Report { object: String, message: String },
+    #[error("kubelet PodResources API at {socket}: {message}")]
+    PodResources { socket: String, message: String },
 }
 
 /// An [`Error::Io`] naming the path.

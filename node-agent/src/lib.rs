@@ -10,5 +10,7 @@ pub mod safety;
 pub mod reconcile;
 pub mod modules;
 pub mod mapping;
+pub mod report;
+pub mod commands;
 
 pub use error::Error;

@@ -20,10 +20,21 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Cmd {}
+enum Cmd {
+    /// Load and verify the DPDK kernel modules, then label the node dpdk.aws.k8s/ready=true (init container driver-loader).
+    Load(dpdk_node_agent::commands::LoadArgs),
+    /// One-shot: bind devices by PCI address or ENI ID, without an API server (debugging; the QEMU test).
+    Bind(dpdk_node_agent::commands::BindArgs),
+    /// One-shot: give journaled devices back to their original drivers.
+    Unbind(dpdk_node_agent::commands::UnbindArgs),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
-    match cli.command {}
+    match cli.command {
+        Cmd::Load(args) => dpdk_node_agent::commands::load_main(args),
+        Cmd::Bind(args) => dpdk_node_agent::commands::bind_main(args),
+        Cmd::Unbind(args) => dpdk_node_agent::commands::unbind_main(args),
+    }
 }
