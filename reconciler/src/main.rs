@@ -55,6 +55,8 @@ struct RunArgs {
     http_addr: String,
     #[command(flatten)]
     controller: dpdk_reconciler::controller::ControllerArgs,
+    #[command(flatten)]
+    sources: dpdk_reconciler::source::SourceArgs,
 }
 
 /// `run`: the HTTP server and the controller until SIGTERM or SIGINT.
@@ -87,15 +89,20 @@ async fn run(args: RunArgs) -> Result<(), dpdk_reconciler::Error> {
     });
     let mut registry = metrics::Registry::default();
     let controller_metrics = Arc::new(metrics::ControllerMetrics::register(&mut registry));
+    // The Git source (DPDKConfigSource): its webhook route joins the HTTP server.
+    let sources = dpdk_reconciler::source::SourceController::new(client.clone(), args.sources.into_options(), &mut registry);
+    let source_routes = sources.webhook_routes();
     let health = server::Health::new();
     let listener = server::bind(&args.http_addr).await?;
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-    let app = server::router(server::AppState { registry: Arc::new(registry), health: health.clone() }, vec![]);
+    let app = server::router(server::AppState { registry: Arc::new(registry), health: health.clone() }, vec![source_routes]);
     let http = tokio::spawn(server::serve(listener, app, shutdown.clone()));
+    let source_task = tokio::spawn(sources.run(shutdown.clone().cancelled_owned()));
     let telemetry = controller::Telemetry { metrics: controller_metrics, health };
     let result = controller::run_with(client, opts, telemetry, shutdown.clone()).await;
     shutdown.cancel();
+    let _ = source_task.await;
     match http.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server"),
         Err(e) => tracing::warn!(error = %e, "HTTP server task"),

@@ -243,6 +243,35 @@ impl Default for SourceOptions {
     }
 }
 
+/// `dpdk-reconciler run` flags of the Git source.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SourceArgs {
+    /// Directory for the Git sources' repository caches (one subdirectory per source).
+    #[arg(
+        long,
+        env = "DPDK_SOURCE_CACHE_DIR",
+        default_value = "/var/cache/dpdk-reconciler"
+    )]
+    pub source_cache_dir: PathBuf,
+    /// Watch DPDKConfigSources in this namespace only (default: every namespace).
+    #[arg(long)]
+    pub source_namespace: Option<String>,
+    /// A Git fetch taking longer than this many seconds fails.
+    #[arg(long, default_value_t = 120)]
+    pub source_fetch_timeout_seconds: u64,
+}
+
+impl SourceArgs {
+    pub fn into_options(self) -> SourceOptions {
+        SourceOptions {
+            namespace: self.source_namespace,
+            cache_dir: self.source_cache_dir,
+            fetch_timeout: Duration::from_secs(self.source_fetch_timeout_seconds.max(1)),
+            ..SourceOptions::default()
+        }
+    }
+}
+
 /// Labels: the source.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {

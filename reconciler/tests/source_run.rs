@@ -1,0 +1,118 @@
+//! `dpdk-reconciler run` runs the Git source too: the binary applies a file:// source and
+//! serves its webhook route on the HTTP port, next to /metrics.
+
+mod source_support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use dpdk_testenv::git_server::WorkRepo;
+use dpdk_testenv::unique_name;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use kube::api::{ObjectMeta, PostParams};
+use serde_json::json;
+use source_support::{config_yaml, github_signature, post};
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_run_binary_applies_sources_and_serves_their_webhooks() {
+    let cp = dpdk_testenv::shared();
+    let client = cp.client().await.expect("client");
+    let ns = unique_name("src-run");
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(ns.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("namespace");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let cache = tempfile::tempdir().expect("cache");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dpdk-reconciler"));
+    cmd.args([
+        "run",
+        "--http-addr",
+        &format!("127.0.0.1:{port}"),
+        "--no-leader-election",
+        "--source-namespace",
+        &ns,
+    ])
+    .arg("--source-cache-dir")
+    .arg(cache.path())
+    .env("KUBECONFIG", cp.kubeconfig_path())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let _run = Kill(cmd.spawn().expect("run starts"));
+
+    let repo = WorkRepo::new().expect("repo");
+    let name = unique_name("run-cfg");
+    repo.write(&format!("{name}.yaml"), &config_yaml(&name, 2))
+        .expect("write");
+    let sha = repo.commit("first").expect("commit");
+    let src = unique_name("run");
+    let sources: Api<dpdk_bridge::api::DPDKConfigSource> = Api::namespaced(client.clone(), &ns);
+    let obj = serde_json::from_value(json!({
+        "apiVersion": "networking.k8s.aws/v1alpha1", "kind": "DPDKConfigSource",
+        "metadata": {"name": src, "namespace": ns},
+        "spec": {"url": repo.file_url(), "ref": {"branch": "main"}, "interval": "1h"}
+    }))
+    .expect("json");
+    sources
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("create source");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let st = sources
+            .get(&src)
+            .await
+            .expect("get")
+            .status
+            .unwrap_or_default();
+        if st
+            .last_applied_revision
+            .as_deref()
+            .is_some_and(|r| r.ends_with(&sha))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not applied by `run`: {st:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let configs: Api<dpdk_bridge::api::DPDKConfig> = Api::all(client.clone());
+    assert!(configs.get_opt(&name).await.expect("get").is_some());
+
+    // The webhook route is merged into the HTTP server: a forged signature gets 401 there.
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let body = b"{}";
+    let code = post(
+        addr,
+        &format!("/hook/{ns}/{src}"),
+        &[("X-Hub-Signature-256", github_signature(b"forged", body))],
+        body,
+    )
+    .await;
+    assert_eq!(code, 401);
+}
