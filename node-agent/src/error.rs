@@ -18,6 +18,21 @@ pub enum Error {
     PciDeviceNotFound { address: String, path: String },
     #[error("{path}: {message}")]
     Sysfs { path: String, message: String },
+    // --- kubelet device plugin ---
+    #[error("registering {resource} with the kubelet at {kubelet_socket}: {message}")]
+    Register { resource: String, kubelet_socket: String, message: String },
+    #[error("watching {path}: {source}")]
+    Watch {
+        path: String,
+        #[source]
+        source: notify::Error,
+    },
+    #[error("device plugin server on {socket}: {source}")]
+    Serve {
+        socket: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
     // --- binding, journal (node agent) ---
     #[error("writing {value:?} to {path}: {source}{hint}", hint = permission_hint(source))]
     SysfsWrite {

@@ -1,6 +1,7 @@
 //! dpdk-node-agent: kernel modules, ENI→PCI mapping, vfio-pci binding with a crash-safe
 //! journal, node state reporting, and the kubelet device plugin. The binary is a thin CLI.
 
+pub mod device_plugin;
 pub mod error;
 pub mod sysfs;
 pub mod kernel;

@@ -27,6 +27,8 @@ enum Cmd {
     Bind(dpdk_node_agent::commands::BindArgs),
     /// One-shot: give journaled devices back to their original drivers.
     Unbind(dpdk_node_agent::commands::UnbindArgs),
+    /// Serve DPDK-bound devices to the kubelet (device plugin API v1beta1, DaemonSet sriov-device-plugin).
+    DevicePlugin(dpdk_node_agent::device_plugin::cli::DevicePluginArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,5 +38,6 @@ fn main() -> ExitCode {
         Cmd::Load(args) => dpdk_node_agent::commands::load_main(args),
         Cmd::Bind(args) => dpdk_node_agent::commands::bind_main(args),
         Cmd::Unbind(args) => dpdk_node_agent::commands::unbind_main(args),
+        Cmd::DevicePlugin(args) => dpdk_node_agent::device_plugin::cli::main(args),
     }
 }
