@@ -13,5 +13,7 @@ pub mod modules;
 pub mod mapping;
 pub mod report;
 pub mod commands;
+pub mod podresources;
+pub mod agent;
 
 pub use error::Error;

@@ -21,6 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Keep the modules loaded, bind and unbind devices per the node's DPDKNodeState, report status (container monitor).
+    Run(dpdk_node_agent::agent::RunArgs),
     /// Load and verify the DPDK kernel modules, then label the node dpdk.aws.k8s/ready=true (init container driver-loader).
     Load(dpdk_node_agent::commands::LoadArgs),
     /// One-shot: bind devices by PCI address or ENI ID, without an API server (debugging; the QEMU test).
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
     match cli.command {
+        Cmd::Run(args) => dpdk_node_agent::agent::run_main(args),
         Cmd::Load(args) => dpdk_node_agent::commands::load_main(args),
         Cmd::Bind(args) => dpdk_node_agent::commands::bind_main(args),
         Cmd::Unbind(args) => dpdk_node_agent::commands::unbind_main(args),

@@ -300,6 +300,16 @@ fn bind_target(ctx: &NodeContext<'_>, journal: &mut Journal, target: &Target, re
             Ok(outcome) => info!(device = %addr, driver = %target.driver, ?outcome, "bound"),
             Err(e) => {
                 status.driver = ctx.sysfs.bound_driver(addr).ok().flatten();
+                // Back where it started (the failed probe was rolled back): forget it. Left
+                // elsewhere: mark it for restore, so a restart does not retry the bind blindly.
+                let settle = if status.driver == status.original_driver {
+                    journal.remove(addr)
+                } else {
+                    journal.set_phase(addr, Phase::Restoring)
+                };
+                if let Err(je) = settle {
+                    warn!(device = %addr, error = %je, "journal update after a failed bind");
+                }
                 fail(&mut status, report, health::UNHEALTHY, e.to_string());
                 report.devices.push(status);
                 return;

@@ -444,6 +444,10 @@ fn a_failed_vfio_probe_rolls_back_to_the_original_driver() {
     );
     assert!(node.netdev_exists(&nic.ifname));
     assert_eq!(node.override_of(&nic.bdf), "(null)");
+    assert!(
+        Journal::open(&node.state).expect("journal").is_empty(),
+        "back on its original driver: nothing left to recover"
+    );
 }
 
 #[test]

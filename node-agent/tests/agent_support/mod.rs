@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use dpdk_node_agent::kernel::Kernel;
 
 pub mod imds;
+pub mod podresources;
 
 /// A NIC on the fake node.
 #[derive(Clone, Debug)]

@@ -1,0 +1,107 @@
+#!/bin/sh
+# /init of the QEMU guest for the real-kernel test. It plays the node: NIC drivers load as
+# udev would load them, the virtio NIC carries the default route (the "primary ENI"), the
+# e1000e NIC has no address (a secondary ENI). Then the statically linked agent runs its
+# `load` and one-shot `bind`/`unbind`, and every check prints one line:
+#   DPDKTEST <name> PASS|FAIL <detail>
+# The mode comes from the kernel command line: dpdktest=iommu|noiommu|bench.
+export PATH=/bin:/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /run /tmp /var/lib/dpdk
+mode=$(sed -n 's/.*dpdktest=\([a-z]*\).*/\1/p' /proc/cmdline)
+A="/bin/dpdk-node-agent --log-format json"
+STATE="--state-dir /var/lib/dpdk"
+NIC=0000:00:03.0      # e1000e: the device to bind
+PRIMARY=0000:00:04.0  # virtio-net: carries the default route
+say() { echo "DPDKTEST $*"; }
+check() { name=$1; detail=$2; shift 2; if "$@"; then say "$name PASS $detail"; else say "$name FAIL $detail"; fi; }
+driver_of() { l=$(readlink "/sys/bus/pci/devices/$1/driver" 2>/dev/null) && basename "$l" || echo none; }
+ms() { read up _ < /proc/uptime; echo "${up%.*}${up#*.}0"; }   # uptime in ms (10 ms resolution)
+finish() { say DONE; sync; poweroff -f; }
+
+say BOOTED "$(uname -r) mode=$mode"
+modprobe e1000e; modprobe virtio_pci; modprobe virtio_net
+for i in 1 2 3 4 5 6 7 8 9 10; do
+  [ -d /sys/bus/pci/devices/$NIC/net ] && ls /sys/bus/pci/devices/$PRIMARY/virtio*/net >/dev/null 2>&1 && break
+  sleep 0.2
+done
+NIC_IF=$(ls /sys/bus/pci/devices/$NIC/net)
+PRIMARY_IF=$(ls /sys/bus/pci/devices/$PRIMARY/virtio*/net)
+ip link set lo up
+ip link set "$PRIMARY_IF" up && ip addr add 10.0.2.15/24 dev "$PRIMARY_IF" && ip route add default via 10.0.2.2 dev "$PRIMARY_IF"
+# Up without an address: only link-local (fe80::/64, multicast) routes, which do not block.
+ip link set "$NIC_IF" up
+say NET "nic=$NIC_IF primary=$PRIMARY_IF"
+ip route | sed 's/^/DPDKTEST-LOG route /'
+
+case "$mode" in
+iommu)
+  $A load $STATE --driver vfio-pci --noiommu true > /tmp/load.out 2>&1; rc=$?
+  sed 's/^/DPDKTEST-LOG load /' /tmp/load.out
+  check load_exit "rc=$rc" [ "$rc" = 0 ]
+  check vfio_module "" [ -d /sys/module/vfio ]
+  check vfio_pci_driver "" [ -d /sys/bus/pci/drivers/vfio-pci ]
+  check noiommu_not_claimed "kernel lacks CONFIG_VFIO_NOIOMMU, IOMMU on" grep -q '"noiommu":false' /tmp/load.out
+
+  t0=$(ms)
+  $A bind $STATE --pci $NIC --driver vfio-pci --node-ip 10.0.2.15 > /tmp/bind.out 2>&1; rc=$?
+  t1=$(ms)
+  sed 's/^/DPDKTEST-LOG bind /' /tmp/bind.out
+  say TIME "bind_ms=$((t1 - t0))"
+  check bind_exit "rc=$rc" [ "$rc" = 0 ]
+  check driver_link_vfio "driver=$(driver_of $NIC)" [ "$(driver_of $NIC)" = vfio-pci ]
+  group=$(basename "$(readlink /sys/bus/pci/devices/$NIC/iommu_group)")
+  check dev_vfio_group "/dev/vfio/$group" [ -c "/dev/vfio/$group" ]
+  check override_cleared "$(cat /sys/bus/pci/devices/$NIC/driver_override)" [ "$(cat /sys/bus/pci/devices/$NIC/driver_override)" = "(null)" ]
+  check netdev_gone "$NIC_IF" [ ! -e "/sys/class/net/$NIC_IF" ]
+  check journal_original_driver "" grep -q '"originalDriver": "e1000e"' /var/lib/dpdk/journal.json
+  check journal_mac "" grep -q '"mac": "52:54:00:12:34:01"' /var/lib/dpdk/journal.json
+
+  $A bind $STATE --pci $PRIMARY --driver vfio-pci --node-ip 10.0.2.15 > /tmp/refuse.out 2>&1; rc=$?
+  sed 's/^/DPDKTEST-LOG refuse /' /tmp/refuse.out
+  check refuse_exit "rc=$rc" [ "$rc" != 0 ]
+  check refuse_names_default_route "" grep -q "default via 10.0.2.2 dev $PRIMARY_IF" /tmp/refuse.out
+  check primary_untouched "driver=$(driver_of $PRIMARY)" [ "$(driver_of $PRIMARY)" = virtio-pci ]
+  check primary_still_routes "" ip route get 10.0.2.2
+  check other_device_kept "driver=$(driver_of $NIC)" [ "$(driver_of $NIC)" = vfio-pci ]
+
+  $A unbind $STATE --pci $NIC > /tmp/unbind.out 2>&1; rc=$?
+  sed 's/^/DPDKTEST-LOG unbind /' /tmp/unbind.out
+  check unbind_exit "rc=$rc" [ "$rc" = 0 ]
+  check driver_restored "driver=$(driver_of $NIC)" [ "$(driver_of $NIC)" = e1000e ]
+  check netdev_back "" [ -d /sys/bus/pci/devices/$NIC/net ]
+  check dev_vfio_group_gone "/dev/vfio/$group" [ ! -e "/dev/vfio/$group" ]
+  check journal_empty "" grep -q '"devices": \[\]' /var/lib/dpdk/journal.json
+  ;;
+noiommu)
+  $A load $STATE --driver vfio-pci --noiommu true > /tmp/load.out 2>&1; rc=$?
+  sed 's/^/DPDKTEST-LOG load /' /tmp/load.out
+  check load_fails "rc=$rc" [ "$rc" != 0 ]
+  check load_names_config_vfio_noiommu "" grep -q "was built without CONFIG_VFIO_NOIOMMU" /tmp/load.out
+  # vfio-pci is loaded all the same; without any IOMMU its probe fails, and the agent
+  # must hand the NIC back to e1000e.
+  $A bind $STATE --pci $NIC --driver vfio-pci --node-ip 10.0.2.15 > /tmp/bind.out 2>&1; rc=$?
+  sed 's/^/DPDKTEST-LOG bind /' /tmp/bind.out
+  check bind_fails "rc=$rc" [ "$rc" != 0 ]
+  check bind_says_why "" grep -q "did not claim" /tmp/bind.out
+  check rolled_back "driver=$(driver_of $NIC)" [ "$(driver_of $NIC)" = e1000e ]
+  check override_cleared "" [ "$(cat /sys/bus/pci/devices/$NIC/driver_override)" = "(null)" ]
+  ;;
+bench)
+  $A load $STATE --driver vfio-pci --noiommu false > /dev/null 2>&1 || say load FAIL
+  n=10; tb=0; tu=0; ok=0
+  for i in $(seq $n); do
+    t0=$(ms); $A bind $STATE --pci $NIC --driver vfio-pci > /dev/null 2>&1 && ok=$((ok + 1)); t1=$(ms)
+    $A unbind $STATE --pci $NIC > /dev/null 2>&1; t2=$(ms)
+    tb=$((tb + t1 - t0)); tu=$((tu + t2 - t1))
+  done
+  say TIME "iterations=$n ok=$ok bind_total_ms=$tb unbind_total_ms=$tu"
+  check bench_all_bound "ok=$ok" [ "$ok" = "$n" ]
+  ;;
+*)
+  say mode FAIL "unknown mode '$mode'"
+  ;;
+esac
+finish
