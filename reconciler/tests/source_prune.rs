@@ -270,3 +270,23 @@ async fn prune_false_keeps_removed_objects() {
         "prune: false never deletes"
     );
 }
+
+#[tokio::test]
+async fn removing_every_file_prunes_everything_and_empties_the_inventory() {
+    let h = Harness::start("prune-all").await;
+    let repo = WorkRepo::new().expect("repo");
+    let a = unique_name("pruneall-a");
+    repo.write(&format!("prod/{a}.yaml"), &config_yaml(&a, 1))
+        .expect("write");
+    repo.write("prod/README.md", "configs live here\n")
+        .expect("write");
+    let first = repo.commit("one").expect("commit");
+    let src = unique_name("prune-all");
+    h.source(&src, json!({"url": repo.file_url(), "ref": {"branch": "main"}, "path": "prod", "interval": "1h"})).await;
+    assert_eq!(h.wait_applied(&src, &first).await.inventory.len(), 1);
+    repo.remove(&format!("prod/{a}.yaml")).expect("rm");
+    let second = repo.commit("none").expect("commit");
+    let st = h.wait_applied(&src, &second).await;
+    assert!(st.inventory.is_empty(), "{st:#?}");
+    assert!(h.configs().get_opt(&a).await.expect("get").is_none());
+}

@@ -123,6 +123,13 @@ async fn https_with_basic_auth_and_a_private_ca() {
     );
     assert_eq!(cfg.spec.resource_mapping[0].device_index, 2);
     assert!(server.requests() > 0);
+    // Fetched shallow (depth 1) into the on-disk cache.
+    let cached = h.cache_dir.join(&h.ns).join(&src).join("repo.git");
+    assert!(
+        cached.join("shallow").is_file(),
+        "https fetches are shallow: {}",
+        cached.display()
+    );
 
     // The next commit is fetched incrementally into the same cache and applied.
     repo.write(
@@ -314,6 +321,9 @@ async fn file_url_branch_tag_and_commit_and_local_commits_apply_at_once() {
     let second = repo.commit("second").expect("commit");
     h.wait_applied(&src, &second).await;
     assert!(h.configs().get_opt(&d).await.expect("get").is_some());
+    // libgit2 cannot shallow-fetch over file://: the cache holds full history.
+    let cached = h.cache_dir.join(&h.ns).join(&src).join("repo.git");
+    assert!(cached.is_dir() && !cached.join("shallow").exists());
     let metrics = h.metrics_text();
     assert!(
         metrics.contains("dpdk_source_fetch_duration_seconds"),

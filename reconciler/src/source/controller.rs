@@ -130,35 +130,26 @@ fn error_policy(src: Arc<DPDKConfigSource>, err: &Error, ctx: Arc<Ctx>) -> Actio
 }
 
 impl Ctx {
-    /// Backoff after a failure: min_backoff doubling, capped by max_backoff and the interval.
+    /// Backoff after a failure (see [`backoff_delay`]); remembers when the source is due.
     fn fail_delay(&self, key: &SourceKey, interval: Option<Duration>) -> Duration {
         let Ok(mut st) = self.state.lock() else {
             return self.opts.max_backoff;
         };
         let s = st.entry(key.clone()).or_default();
         s.failures = s.failures.saturating_add(1);
-        let exp = s.failures.saturating_sub(1).min(20);
-        let mut d = self
-            .opts
-            .min_backoff
-            .saturating_mul(1u32 << exp)
-            .min(self.opts.max_backoff);
-        if let Some(i) = interval {
-            d = d.min(i.max(self.opts.min_backoff));
-        }
+        let d = backoff_delay(
+            s.failures,
+            self.opts.min_backoff,
+            self.opts.max_backoff,
+            interval,
+        );
         s.next_due = Some(Instant::now() + d);
         d
     }
 
-    /// The interval with jitter; resets the failure count.
+    /// The interval with jitter (see [`jittered`]); resets the failure count.
     fn ok_delay(&self, key: &SourceKey, interval: Duration) -> Duration {
-        let j = self.opts.jitter.clamp(0.0, 0.5);
-        let factor = if j > 0.0 {
-            rand::rng().random_range(1.0 - j..=1.0 + j)
-        } else {
-            1.0
-        };
-        let d = interval.mul_f64(factor);
+        let d = jittered(interval, self.opts.jitter, rand::rng().random::<f64>());
         if let Ok(mut st) = self.state.lock() {
             let s = st.entry(key.clone()).or_default();
             s.failures = 0;
@@ -183,6 +174,30 @@ impl Ctx {
             w.retain(|k, _| existing.contains(k));
         }
     }
+}
+
+/// Delay before retry number `failures` (1-based): `min` doubling per failure, capped by
+/// `max` and by the source's interval (a failing source never waits longer than a
+/// healthy one would).
+pub(crate) fn backoff_delay(
+    failures: u32,
+    min: Duration,
+    max: Duration,
+    interval: Option<Duration>,
+) -> Duration {
+    let exp = failures.saturating_sub(1).min(20);
+    let mut d = min.saturating_mul(1u32 << exp).min(max);
+    if let Some(i) = interval {
+        d = d.min(i.max(min));
+    }
+    d
+}
+
+/// `interval` scaled by a factor in `[1 - jitter, 1 + jitter]`, chosen by `unit` in [0, 1].
+pub(crate) fn jittered(interval: Duration, jitter: f64, unit: f64) -> Duration {
+    let j = jitter.clamp(0.0, 0.5);
+    let factor = 1.0 - j + 2.0 * j * unit.clamp(0.0, 1.0);
+    interval.mul_f64(factor)
 }
 
 async fn reconcile(src: Arc<DPDKConfigSource>, ctx: Arc<Ctx>) -> Result<Action, Error> {
@@ -492,8 +507,10 @@ async fn write_status(
     }
     let key = SourceKey::of(src);
     let api: Api<DPDKConfigSource> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    // A merge patch replaces lists (conditions, inventory) whole.
-    let patch = json!({ "status": next });
+    // A merge patch replaces lists (conditions, inventory) whole; an empty inventory must
+    // be sent explicitly (the type skips empty lists when serializing).
+    let mut patch = json!({ "status": next });
+    patch["status"]["inventory"] = json!(next.inventory);
     api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(|source| Error::Kube {
@@ -720,4 +737,33 @@ async fn apply_revision(
         failures,
         inventory: inv.iter().map(|n| plan::inventory_entry(n)).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let (min, max) = (Duration::from_secs(2), Duration::from_secs(300));
+        let d: Vec<u64> = (1..=10)
+            .map(|f| backoff_delay(f, min, max, None).as_secs())
+            .collect();
+        assert_eq!(d, vec![2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        // Never longer than the interval.
+        assert_eq!(
+            backoff_delay(9, min, max, Some(Duration::from_secs(60))),
+            Duration::from_secs(60)
+        );
+        assert_eq!(backoff_delay(u32::MAX, min, max, None), max);
+    }
+
+    #[test]
+    fn jitter_spreads_around_the_interval() {
+        let i = Duration::from_secs(100);
+        assert_eq!(jittered(i, 0.1, 0.0), Duration::from_secs(90));
+        assert_eq!(jittered(i, 0.1, 1.0), Duration::from_secs(110));
+        assert_eq!(jittered(i, 0.1, 0.5), i);
+        assert_eq!(jittered(i, 0.0, 0.9), i);
+    }
 }

@@ -23,6 +23,8 @@ pub struct Harness {
     pub store: SourceStore,
     pub hook_addr: SocketAddr,
     pub registry: std::sync::Arc<std::sync::Mutex<prometheus_client::registry::Registry>>,
+    /// The controller's repository cache (`<cache>/<ns>/<name>/repo.git`).
+    pub cache_dir: std::path::PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     _cache: tempfile::TempDir,
 }
@@ -89,6 +91,7 @@ impl Harness {
             store,
             hook_addr,
             registry: std::sync::Arc::new(std::sync::Mutex::new(registry)),
+            cache_dir: cache.path().to_path_buf(),
             stop: Some(stop),
             _cache: cache,
         }
