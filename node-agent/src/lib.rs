@@ -15,5 +15,6 @@ pub mod report;
 pub mod commands;
 pub mod podresources;
 pub mod agent;
+pub mod sim;
 
 pub use error::Error;

@@ -31,6 +31,11 @@ enum Cmd {
     Unbind(dpdk_node_agent::commands::UnbindArgs),
     /// Serve DPDK-bound devices to the kubelet (device plugin API v1beta1, DaemonSet sriov-device-plugin).
     DevicePlugin(dpdk_node_agent::device_plugin::cli::DevicePluginArgs),
+    /// Demo and tests only, never on a real node: simulated nodes (a fake sysfs tree and
+    /// kernel model per --node, in <work-dir>/<node>/), each running the agent (load, then
+    /// run) and the device plugin against a simulated kubelet that writes the Node's
+    /// capacity and allocatable. Runs until SIGINT/SIGTERM.
+    Simulate(dpdk_node_agent::sim::cli::SimulateArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,5 +47,6 @@ fn main() -> ExitCode {
         Cmd::Bind(args) => dpdk_node_agent::commands::bind_main(args),
         Cmd::Unbind(args) => dpdk_node_agent::commands::unbind_main(args),
         Cmd::DevicePlugin(args) => dpdk_node_agent::device_plugin::cli::main(args),
+        Cmd::Simulate(args) => dpdk_node_agent::sim::cli::main(args),
     }
 }

@@ -41,10 +41,23 @@ fn kubectl(cp: &ControlPlane, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Where the DPDK NIC (ens6) sits on every simulated node.
+const DPDK_PCI_ADDRESS: &str = "0000:00:06.0";
+/// The extended resource the examples-repo config advertises.
+const RESOURCE: &str = "intel.com/intel_sriov_netdevice_2";
+/// ServiceAccounts of the node DaemonSets in deploy/dpdk-operator.yaml.
+const AGENT_SERVICE_ACCOUNT: &str = "dpdk-node-agent";
+const DEVICE_PLUGIN_SERVICE_ACCOUNT: &str = "dpdk-device-plugin";
+
 /// Simulated nodes: `ip-10-0-1-1N` in node group `multi-eni`, each with one DPDK NodeENI
 /// attachment at device index 2, the way the Multi-ENI Controller records it.
 async fn simulate_cluster(client: &Client, nodes: usize) -> Result<Vec<String>> {
-    fixtures::create_nodeeni(client, "multi-eni-dpdk", &[("ng", "multi-eni")], 2, &["subnet-0a1b2c3d4e5f60718"]).await?;
+    // The agent maps the ENI to its PCI device through spec.dpdkPCIAddress (no IMDS here);
+    // every simulated node has the ENI's NIC at that address.
+    fixtures::create_nodeeni_with(client, "multi-eni-dpdk", &[("ng", "multi-eni")], 2, &["subnet-0a1b2c3d4e5f60718"], |spec| {
+        spec.dpdk_pci_address = Some(DPDK_PCI_ADDRESS.to_string());
+    })
+    .await?;
     let mut names = Vec::new();
     for i in 0..nodes {
         let name = format!("ip-10-0-1-{}.ec2.internal", 10 + i);
@@ -69,7 +82,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     kubectl(&cp, &["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"])?;
     let client = cp.client().await?;
     step(&format!("simulating {} EC2 nodes in node group ng=multi-eni with a NodeENI at device index 2", opts.nodes));
-    simulate_cluster(&client, opts.nodes).await?;
+    let node_names = simulate_cluster(&client, opts.nodes).await?;
     step("serving examples-repo as a Git repository over HTTPS (git http-backend, basic auth, a generated CA)");
     let scratch = tempfile::Builder::new().prefix("dpdk-demo-").tempdir().map_err(io_err_demo)?;
     let repo = WorkRepo::init(&scratch.path().join("git").join("platform").join("dpdk-config"))?;
@@ -93,17 +106,58 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     let mut cmd = Command::new(&reconciler);
     cmd.args(["run", &format!("--http-addr=127.0.0.1:{http_port}"), &format!("--source-cache-dir={}", scratch.path().join("cache").display())])
         .env("KUBECONFIG", cp.kubeconfig_path())
+        // Plain text in the log files.
+        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(io_err_demo)?)
         .stderr(log);
     let child = crate::process::spawn_tied(cmd)?;
-    let _reconciler = Reaper(child);
+    let mut children = vec![Watched { name: "dpdk-reconciler", child: Reaper(child), log: log_path.clone() }];
+
+    // The node side, as the DaemonSets in deploy/dpdk-operator.yaml run it: one node agent
+    // and one device plugin per simulated node, each on its node's fake sysfs tree. One
+    // process can have one identity, so the agents and the device plugins are two
+    // processes, each acting as its DaemonSet's ServiceAccount: the demo proves deploy/'s
+    // RBAC is enough. The simulated kubelets write Node capacity as the admin (the real
+    // kubelet's own credentials).
+    let node_agent = sibling_binary("dpdk-node-agent")?;
+    let work_dir = scratch.path().join("nodes");
+    let mut node_args = vec!["simulate".to_string(), format!("--work-dir={}", work_dir.display()), format!("--dpdk-pci-address={DPDK_PCI_ADDRESS}")];
+    node_args.extend(node_names.iter().map(|n| format!("--node={n}")));
+    let mut node_logs = Vec::new();
+    for (name, component, account) in [
+        ("node agents", "agent", AGENT_SERVICE_ACCOUNT),
+        ("device plugins", "device-plugin", DEVICE_PLUGIN_SERVICE_ACCOUNT),
+    ] {
+        step(&format!("starting the {name} ({} simulate --component {component}) as ServiceAccount dpdk-operator/{account}", node_agent.display()));
+        let kubeconfig = scratch.path().join(format!("kubeconfig-{account}"));
+        write_service_account_kubeconfig(cp.kubeconfig_path(), "dpdk-operator", account, &kubeconfig)?;
+        let log_path = scratch.path().join(format!("{}.log", name.replace(' ', "-")));
+        let log = std::fs::File::create(&log_path).map_err(io_err_demo)?;
+        let mut cmd = Command::new(&node_agent);
+        cmd.args(&node_args)
+            .arg(format!("--component={component}"))
+            .arg(format!("--kubelet-kubeconfig={}", cp.kubeconfig_path().display()))
+            .env("KUBECONFIG", &kubeconfig)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(io_err_demo)?)
+            .stderr(log);
+        let child = crate::process::spawn_tied(cmd)?;
+        children.push(Watched { name, child: Reaper(child), log: log_path.clone() });
+        node_logs.push((name, log_path));
+    }
 
     step(&format!("waiting for the Git revision main@sha1:{sha} to be applied and the nodes to be configured"));
-    converge(&client, &format!("main@sha1:{sha}"), opts.nodes, &log_path).await?;
-    tour(&cp, &root)?;
+    converge(&client, &format!("main@sha1:{sha}"), opts.nodes, &mut children).await?;
+    tour(&cp, &root, &node_names)?;
     println!("reconciler log: {}", log_path.display());
+    for (name, log) in &node_logs {
+        println!("{:<16}{}", format!("{name}:"), log.display());
+    }
+    println!("node trees:     {} (<node>/sys, dev, proc, state, device-plugins)", work_dir.display());
     println!("metrics:        http://127.0.0.1:{http_port}/metrics");
+    println!("drift:          http://127.0.0.1:{http_port}/drift (also /drift.diff, /drift.patch?source=dpdk-operator/platform-dpdk)");
     println!("git repository: {url} (user demo, password demo-password)");
     if !opts.once {
         step("running; Ctrl-C stops everything");
@@ -120,6 +174,34 @@ impl Drop for Reaper {
     fn drop(&mut self) {
         crate::process::stop(&mut self.0, Duration::from_secs(5));
     }
+}
+
+/// A child the demo depends on, and its log (shown when it dies early).
+struct Watched {
+    name: &'static str,
+    child: Reaper,
+    log: PathBuf,
+}
+
+/// A copy of the admin kubeconfig that impersonates the ServiceAccount `namespace/name`
+/// with the groups the API server gives its tokens (`as`/`as-groups`).
+fn write_service_account_kubeconfig(admin: &Path, namespace: &str, name: &str, out: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(admin).map_err(crate::io_err(admin))?;
+    let mut kc: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| Error::Other(format!("{}: {e}", admin.display())))?;
+    let users = kc
+        .get_mut("users")
+        .and_then(serde_yaml::Value::as_sequence_mut)
+        .ok_or_else(|| Error::Other(format!("{}: no users", admin.display())))?;
+    for user in users.iter_mut() {
+        let Some(auth) = user.get_mut("user").and_then(serde_yaml::Value::as_mapping_mut) else {
+            continue;
+        };
+        auth.insert("as".into(), format!("system:serviceaccount:{namespace}:{name}").into());
+        let groups = ["system:serviceaccounts".to_string(), format!("system:serviceaccounts:{namespace}"), "system:authenticated".to_string()];
+        auth.insert("as-groups".into(), serde_yaml::Value::Sequence(groups.into_iter().map(Into::into).collect()));
+    }
+    let text = serde_yaml::to_string(&kc).map_err(|e| Error::Other(format!("{}: {e}", out.display())))?;
+    std::fs::write(out, text).map_err(crate::io_err(out))
 }
 
 fn io_err_demo(e: std::io::Error) -> Error {
@@ -158,43 +240,89 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Waits until the source applied `revision`, every simulated node carries the enabled
-/// label, the NodeENI carries the DPDK fields and each node has its DPDKNodeState.
-async fn converge(client: &Client, revision: &str, nodes: usize, log: &Path) -> Result<()> {
+/// label, the NodeENI carries the DPDK fields and each node has its DPDKNodeState; then
+/// until the node agents report every DPDKNodeState Succeeded, label every node ready, and
+/// the device plugins get every node's allocatable resource to 1 through the kubelets.
+async fn converge(client: &Client, revision: &str, nodes: usize, children: &mut [Watched]) -> Result<()> {
     let configs: Api<DPDKConfig> = Api::all(client.clone());
     let node_api: Api<Node> = Api::all(client.clone());
     let enis: Api<NodeENI> = Api::all(client.clone());
     let states: Api<dpdk_bridge::api::DPDKNodeState> = Api::all(client.clone());
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(180);
     let mut last = String::new();
     loop {
-        let applied = configs
-            .get_opt("default-dpdk-config")
-            .await?
-            .and_then(|c| c.metadata.annotations.and_then(|a| a.get(dpdk_bridge::labels::REVISION_ANNOTATION).cloned()));
-        let enabled = node_api
-            .list(&kube::api::ListParams::default().labels(&format!("{}=true", dpdk_bridge::labels::NODE_ENABLED_LABEL)))
-            .await?
-            .items
-            .len();
+        let config = configs.get_opt("default-dpdk-config").await?;
+        // The controller's view of the agents' work: nodes it counts as ready for the config.
+        let config_ready = config.as_ref().and_then(|c| c.status.as_ref()).map_or(0, |s| s.nodes_ready.len());
+        let applied = config.and_then(|c| c.metadata.annotations.and_then(|a| a.get(dpdk_bridge::labels::REVISION_ANNOTATION).cloned()));
+        let count_labelled = |label: &str| {
+            let lp = kube::api::ListParams::default().labels(&format!("{label}=true"));
+            let api = node_api.clone();
+            async move { Ok::<_, Error>(api.list(&lp).await?.items) }
+        };
+        let enabled = count_labelled(dpdk_bridge::labels::NODE_ENABLED_LABEL).await?.len();
         let eni = enis.get("multi-eni-dpdk").await?;
         let eni_ok = eni.spec.enable_dpdk == Some(true) && eni.spec.dpdk_driver.as_deref() == Some("vfio-pci");
-        let state_count = states.list(&Default::default()).await?.items.len();
-        let now = format!("revision {applied:?}, {enabled}/{nodes} nodes enabled, NodeENI DPDK fields {eni_ok}, {state_count} DPDKNodeStates");
+        let state_list = states.list(&Default::default()).await?.items;
+        let state_count = state_list.len();
+        let succeeded = state_list
+            .iter()
+            .filter(|s| s.status.as_ref().and_then(|st| st.sync_status) == Some(dpdk_bridge::api::SyncStatus::Succeeded))
+            .count();
+        // status.devicePlugin, written by the device plugins as their ServiceAccount.
+        let plugins = state_list
+            .iter()
+            .filter(|s| {
+                s.status.as_ref().and_then(|st| st.device_plugin.as_ref()).is_some_and(|p| {
+                    p.resources.iter().any(|r| r.resource_name == RESOURCE && r.advertised == 1 && r.healthy == 1)
+                })
+            })
+            .count();
+        let ready = count_labelled(dpdk_bridge::labels::NODE_READY_LABEL).await?.len();
+        let advertised = node_api
+            .list(&kube::api::ListParams::default().labels("ng=multi-eni"))
+            .await?
+            .items
+            .iter()
+            .filter(|n| {
+                n.status.as_ref().and_then(|s| s.allocatable.as_ref()).and_then(|a| a.get(RESOURCE)).is_some_and(|q| q.0 == "1")
+            })
+            .count();
+        let now = format!(
+            "revision {applied:?}, {enabled}/{nodes} nodes enabled, NodeENI DPDK fields {eni_ok}, {state_count} DPDKNodeStates; \
+             {succeeded}/{nodes} DPDKNodeStates Succeeded, {ready}/{nodes} nodes ready, {advertised}/{nodes} nodes allocatable {RESOURCE}: 1, \
+             {plugins}/{nodes} device plugins reporting, default-dpdk-config ready on {config_ready}/{nodes} nodes"
+        );
         if now != last {
             step(&format!("  {now}"));
             last = now;
         }
-        if applied.as_deref() == Some(revision) && enabled == nodes && eni_ok && state_count == nodes {
+        if applied.as_deref() == Some(revision)
+            && enabled == nodes
+            && eni_ok
+            && state_count == nodes
+            && succeeded == nodes
+            && ready == nodes
+            && advertised == nodes
+            && config_ready == nodes
+            && plugins == nodes
+        {
             return Ok(());
         }
+        for w in children.iter_mut() {
+            if let Ok(Some(status)) = w.child.0.try_wait() {
+                return Err(Error::Other(format!("{} exited ({status}) before the demo converged; {} ends with:\n{}", w.name, w.log.display(), crate::tail_file(&w.log, 20))));
+            }
+        }
         if Instant::now() > deadline {
-            return Err(Error::Other(format!("demo did not converge in 120s ({last}); reconciler log {} ends with:\n{}", log.display(), crate::tail_file(log, 20))));
+            let logs: Vec<String> = children.iter().map(|w| format!("{} log {} ends with:\n{}", w.name, w.log.display(), crate::tail_file(&w.log, 20))).collect();
+            return Err(Error::Other(format!("demo did not converge in 180s ({last});\n{}", logs.join("\n"))));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-fn tour(cp: &ControlPlane, root: &Path) -> Result<()> {
+fn tour(cp: &ControlPlane, root: &Path, nodes: &[String]) -> Result<()> {
     let kc = cp.kubeconfig_path().display().to_string();
     let kubectl_bin = cp.binaries().kubectl.display().to_string();
     println!();
@@ -204,8 +332,25 @@ fn tour(cp: &ControlPlane, root: &Path) -> Result<()> {
     println!();
     println!("$ kubectl get dpdkconfigs,dpdknodestates");
     print!("{}", kubectl(cp, &["get", "dpdkconfigs,dpdknodestates"])?);
+    println!("$ kubectl get nodes -l dpdk.aws.k8s/ready=true");
+    print!("{}", kubectl(cp, &["get", "nodes", "-l", "dpdk.aws.k8s/ready=true"])?);
     println!("$ kubectl get nodes -l ng=multi-eni -L dpdk.aws.k8s/enabled,dpdk.aws.k8s/ready");
     print!("{}", kubectl(cp, &["get", "nodes", "-l", "ng=multi-eni", "-L", "dpdk.aws.k8s/enabled,dpdk.aws.k8s/ready"])?);
+    // What a pod asking for the seed's resource is scheduled against (`kubectl describe node` shows it too).
+    let column = format!("NAME:.metadata.name,ALLOCATABLE:.status.allocatable.{}", RESOURCE.replace('.', "\\."));
+    println!("$ kubectl get nodes -l ng=multi-eni -o custom-columns={column}");
+    print!("{}", kubectl(cp, &["get", "nodes", "-l", "ng=multi-eni", "-o", &format!("custom-columns={column}")])?);
+    if let Some(first) = nodes.first() {
+        println!("$ kubectl describe node {first} | grep {RESOURCE}");
+        let described = kubectl(cp, &["describe", "node", first])?;
+        for line in described.lines().filter(|l| l.contains(RESOURCE)) {
+            println!("{line}");
+        }
+    }
+    println!("$ kubectl describe dpdkconfig default-dpdk-config");
+    print!("{}", kubectl(cp, &["describe", "dpdkconfig", "default-dpdk-config"])?);
+    // No kubelet or scheduler runs here, so the DaemonSets have no pods; their processes are
+    // the simulated nodes' agents and device plugins (logs below).
     println!("$ kubectl get daemonsets,deployments -n dpdk-operator");
     print!("{}", kubectl(cp, &["get", "daemonsets,deployments", "-n", "dpdk-operator"])?);
     println!();

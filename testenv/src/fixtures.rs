@@ -85,6 +85,18 @@ pub async fn create_node(client: &Client, name: &str, labels: &[(&str, &str)], i
 
 /// Creates a NodeENI as a platform team would declare it.
 pub async fn create_nodeeni(client: &Client, name: &str, selector: &[(&str, &str)], device_index: i32, subnets: &[&str]) -> Result<NodeENI> {
+    create_nodeeni_with(client, name, selector, device_index, subnets, |_| {}).await
+}
+
+/// [`create_nodeeni`], with `edit` setting further spec fields (e.g. `dpdk_pci_address`).
+pub async fn create_nodeeni_with(
+    client: &Client,
+    name: &str,
+    selector: &[(&str, &str)],
+    device_index: i32,
+    subnets: &[&str],
+    edit: impl FnOnce(&mut NodeENISpec),
+) -> Result<NodeENI> {
     let api: Api<NodeENI> = Api::all(client.clone());
     let mut spec = NodeENISpec {
         node_selector: selector.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
@@ -96,6 +108,7 @@ pub async fn create_nodeeni(client: &Client, name: &str, selector: &[(&str, &str
         [one] => spec.subnet_id = Some(one.to_string()),
         many => spec.subnet_ids = Some(many.iter().map(|s| s.to_string()).collect()),
     }
+    edit(&mut spec);
     let eni = NodeENI::new(name, spec);
     Ok(api.create(&PostParams::default(), &eni).await?)
 }
