@@ -46,6 +46,9 @@ enum Cmd {
     /// fields, DPDKNodeStates) with leader election, and the HTTP server (/metrics,
     /// /healthz, /readyz). Connects in-cluster, or with $KUBECONFIG.
     Run(RunArgs),
+    /// Show drift between Git, the cluster and the nodes (docs/drift.md), like `kubectl diff`:
+    /// exit 0 no drift, 1 drift, above 1 an error.
+    Diff(dpdk_reconciler::drift::cli::DiffArgs),
 }
 
 #[derive(clap::Args)]
@@ -92,17 +95,24 @@ async fn run(args: RunArgs) -> Result<(), dpdk_reconciler::Error> {
     // The Git source (DPDKConfigSource): its webhook route joins the HTTP server.
     let sources = dpdk_reconciler::source::SourceController::new(client.clone(), args.sources.into_options(), &mut registry);
     let source_routes = sources.webhook_routes();
+    // Drift (read-only): recomputed on watch events and new source revisions; /drift* routes.
+    let drift = dpdk_reconciler::drift::runtime::DriftState::new();
+    drift.metrics.register(&mut registry);
+    let drift_routes = dpdk_reconciler::drift::http::routes(drift.clone());
+    let drift_git = Arc::new(sources.store());
     let health = server::Health::new();
     let listener = server::bind(&args.http_addr).await?;
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-    let app = server::router(server::AppState { registry: Arc::new(registry), health: health.clone() }, vec![source_routes]);
+    let app = server::router(server::AppState { registry: Arc::new(registry), health: health.clone() }, vec![source_routes, drift_routes]);
     let http = tokio::spawn(server::serve(listener, app, shutdown.clone()));
     let source_task = tokio::spawn(sources.run(shutdown.clone().cancelled_owned()));
+    let drift_task = tokio::spawn(dpdk_reconciler::drift::runtime::run(client.clone(), drift_git, Default::default(), drift, shutdown.clone()));
     let telemetry = controller::Telemetry { metrics: controller_metrics, health };
     let result = controller::run_with(client, opts, telemetry, shutdown.clone()).await;
     shutdown.cancel();
     let _ = source_task.await;
+    let _ = drift_task.await;
     match http.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server"),
         Err(e) => tracing::warn!(error = %e, "HTTP server task"),
@@ -133,7 +143,9 @@ fn main() -> ExitCode {
             ))
         }
         Cmd::Run(args) => {
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            // The work is I/O-bound: two workers, not one per core of a big node (each
+            // worker thread costs memory, glibc arenas included).
+            let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("dpdk-reconciler run: starting the runtime: {e}");
@@ -144,6 +156,23 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("dpdk-reconciler run: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Cmd::Diff(args) => {
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("dpdk-reconciler diff: starting the runtime: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match rt.block_on(dpdk_reconciler::drift::cli::run(&args, &mut std::io::stdout().lock())) {
+                Ok(false) => ExitCode::SUCCESS,
+                Ok(true) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("dpdk-reconciler diff: {e}");
                     ExitCode::from(2)
                 }
             }

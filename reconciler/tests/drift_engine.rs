@@ -34,8 +34,8 @@ fn source(path: &str, files: &[(&str, &str)]) -> GitSource {
         key: SourceKey::parse(SOURCE),
         revision: Some("main@sha1:0123456789abcdef0123456789abcdef01234567".into()),
         path: path.into(),
-        files: texts,
-        documents,
+        files: std::sync::Arc::new(texts),
+        documents: std::sync::Arc::new(documents),
         ignore: Vec::new(),
         adopt_orphans: false,
     }

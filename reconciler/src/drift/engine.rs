@@ -76,24 +76,11 @@ pub fn summarize(findings: &[Finding], ignored: usize) -> Summary {
     Summary { total: findings.len(), by_layer, by_kind, ignored }
 }
 
-/// `argocd` or `flux` when the object carries another GitOps tool's ownership marker.
+/// `argocd` or `flux` when the object carries another GitOps tool's ownership marker
+/// (the same rule the Git source applies before applying or pruning).
 pub fn owned_by(meta: &ObjectMeta) -> Option<&'static str> {
-    let has_label = |k: &str| meta.labels.as_ref().is_some_and(|l| l.contains_key(k));
-    let has_annotation = |k: &str| meta.annotations.as_ref().is_some_and(|a| a.contains_key(k));
-    if has_annotation(labels::ARGOCD_TRACKING_ANNOTATION) {
-        return Some("argocd");
-    }
-    if has_label(labels::FLUX_KUSTOMIZE_NAME_LABEL) {
-        return Some("flux");
-    }
-    // app.kubernetes.io/instance is Argo CD's legacy tracking label, but Helm and others set
-    // it too: it counts only when an Argo CD manager wrote the object.
-    let argo_manager =
-        meta.managed_fields.as_ref().is_some_and(|mf| mf.iter().any(|m| m.manager.as_deref().is_some_and(|n| n.starts_with("argocd"))));
-    if has_label(labels::ARGOCD_INSTANCE_LABEL) && argo_manager {
-        return Some("argocd");
-    }
-    None
+    let empty = BTreeMap::new();
+    crate::source::plan::owned_by(meta.labels.as_ref().unwrap_or(&empty), meta.annotations.as_ref().unwrap_or(&empty)).map(|o| o.as_str())
 }
 
 /// The repo-relative file an extra object becomes: `<path>/<name>.yaml`, avoiding files
@@ -332,10 +319,9 @@ pub fn compare_config(doc: &GitDocument, cfg: &DPDKConfig) -> Vec<FieldDiff> {
             }
         }
     }
-    let git_spec = normalize_config_spec(doc.value.get("spec").unwrap_or(&Value::Null));
     let live_spec = normalize_config_spec(&serde_json::to_value(&cfg.spec).unwrap_or(Value::Null));
     let mut spec_diffs = Vec::new();
-    diff_values(&git_spec, &live_spec, "/spec", &config_list_key, &mut spec_diffs);
+    diff_values(&doc.normalized_spec, &live_spec, "/spec", &config_list_key, &mut spec_diffs);
     for mut d in spec_diffs {
         // Address the key Git spells (the seed's writeCombing).
         if d.pointer == "/spec/driverOptions/writeCombining"
@@ -374,6 +360,13 @@ fn cluster_nodeeni(live: &LiveObjects, origins: &Origins, now: Timestamp, out: &
         (a.metadata.creation_timestamp.as_ref().map(|t| t.0), name_of(&a.metadata))
             .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), name_of(&b.metadata)))
     });
+    // (driver, resourceName) → the oldest config and device index asking for it.
+    let mut askers: HashMap<(DpdkDriver, &str), (&str, i32)> = HashMap::new();
+    for c in &configs {
+        for m in &c.spec.resource_mapping {
+            askers.entry((m.driver, m.resource_name.as_str())).or_insert((name_of(&c.metadata), m.device_index));
+        }
+    }
     let mut planned_conflicts: HashMap<&str, &[ConfigConflict]> = HashMap::new();
 
     for w in &planned.writes {
@@ -381,13 +374,7 @@ fn cluster_nodeeni(live: &LiveObjects, origins: &Origins, now: Timestamp, out: &
             plan::Write::ApplyNodeEni { name, fields, .. } => {
                 let Some(eni) = enis.get(name.as_str()) else { continue };
                 // The oldest config asking for these fields is the one that implies them.
-                let asker = configs.iter().find_map(|c| {
-                    c.spec
-                        .resource_mapping
-                        .iter()
-                        .find(|m| m.driver == fields.driver && m.resource_name == fields.resource_name)
-                        .map(|m| (name_of(&c.metadata), m.device_index))
-                });
+                let asker = askers.get(&(fields.driver, fields.resource_name.as_str())).copied();
                 let object = ObjectRef::cluster("NodeENI", name);
                 let checks: [(&str, &str, Value, Value); 3] = [
                     ("/spec/enableDPDK", "", json!(true), opt_json(eni.spec.enable_dpdk.map(Value::Bool))),

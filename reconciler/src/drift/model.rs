@@ -2,12 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use dpdk_bridge::api::{DPDKConfig, DPDKNodeState, IgnoreRule, NodeENI};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::normalize::normalize_config_spec;
 use crate::manifest::Manifests;
 use crate::manifest::load::RawFile;
 use crate::manifest::position::{PositionIndex, RawDocument};
@@ -53,6 +55,8 @@ pub struct GitDocument {
     pub positions: PositionIndex,
     /// The document as JSON.
     pub value: Value,
+    /// Its spec normalized for comparison (made once per revision, not per comparison).
+    pub normalized_spec: Value,
 }
 
 impl GitDocument {
@@ -62,7 +66,13 @@ impl GitDocument {
             .iter()
             .filter_map(|o| {
                 let doc = m.document(o)?;
-                Some(GitDocument { file: o.file.clone(), raw: doc.raw.clone(), positions: doc.index.clone(), value: o.body.clone() })
+                Some(GitDocument {
+                    file: o.file.clone(),
+                    raw: doc.raw.clone(),
+                    positions: doc.index.clone(),
+                    normalized_spec: normalize_config_spec(o.body.get("spec").unwrap_or(&Value::Null)),
+                    value: o.body.clone(),
+                })
             })
             .collect()
     }
@@ -114,10 +124,11 @@ pub struct GitSource {
     pub revision: Option<String>,
     /// The source's `spec.path`, repo-relative ("." for the root).
     pub path: String,
-    /// Full text of every file that holds a document, by repo-relative path.
-    pub files: BTreeMap<String, String>,
-    /// Every document loaded from `path`, in the loader's stable order.
-    pub documents: Vec<GitDocument>,
+    /// Full text of every file that holds a document, by repo-relative path. Shared:
+    /// cloning a source is cheap.
+    pub files: Arc<BTreeMap<String, String>>,
+    /// Every DPDKConfig document loaded from `path`, in the loader's stable order.
+    pub documents: Arc<Vec<GitDocument>>,
     /// The source's `spec.ignoreDifferences`.
     pub ignore: Vec<IgnoreRule>,
     /// Live DPDKConfigs that carry no source label and no Argo CD / Flux marker count as
@@ -134,8 +145,8 @@ impl GitSource {
             key,
             revision,
             path: path.to_string(),
-            files: m.files.iter().map(|f| (f.path.clone(), f.text.clone())).collect(),
-            documents: GitDocument::from_manifests(m),
+            files: Arc::new(m.files.iter().map(|f| (f.path.clone(), f.text.clone())).collect()),
+            documents: Arc::new(GitDocument::from_manifests(m)),
             ignore: Vec::new(),
             adopt_orphans: false,
         }

@@ -23,7 +23,11 @@ pub fn render_json(report: &DriftReport) -> String {
 /// The patch for one source, with a comment header naming the source, the revision and
 /// the time. `git apply` skips the header.
 pub fn render_source_patch(report: &DriftReport, src: &GitSource, live: &LiveObjects) -> String {
-    let body = render_patch(&file_changes(src, &report.findings, live));
+    render_source_patch_with(report, src, &render_patch(&file_changes(src, &report.findings, live)))
+}
+
+/// [`render_source_patch`] with the patch body already made.
+pub fn render_source_patch_with(report: &DriftReport, src: &GitSource, body: &str) -> String {
     if body.is_empty() {
         return String::new();
     }
@@ -37,13 +41,19 @@ pub fn render_source_patch(report: &DriftReport, src: &GitSource, live: &LiveObj
     );
     let _ = writeln!(out, "# On a checkout at that revision, `git apply` makes the repository describe the cluster;");
     let _ = writeln!(out, "# `git apply -R --stat` lists what the next reconcile changes in the cluster.");
-    out.push_str(&body);
+    out.push_str(body);
     out
 }
 
 /// A unified diff of all layers: layer 1 as file diffs with repo-relative headers, layer
 /// 2 per NodeENI, layer 3 per node.
 pub fn render_diff(report: &DriftReport, sources: &[GitSource], live: &LiveObjects) -> String {
+    let bodies: Vec<String> = sources.iter().map(|src| render_patch(&file_changes(src, &report.findings, live))).collect();
+    render_diff_with(report, sources, &bodies)
+}
+
+/// [`render_diff`] with each source's patch body (from [`render_patch`]) already made.
+pub fn render_diff_with(report: &DriftReport, sources: &[GitSource], patch_bodies: &[String]) -> String {
     let mut out = String::new();
     if report.findings.is_empty() {
         return out;
@@ -51,8 +61,7 @@ pub fn render_diff(report: &DriftReport, sources: &[GitSource], live: &LiveObjec
     let _ = writeln!(out, "# dpdk-reconciler drift, computed {}: {} finding(s)", report.generated_at, report.summary.total);
     let _ = writeln!(out, "# '-' is what Git (or the DPDKNodeState spec) asks for, '+' what the cluster (or the node) has.");
 
-    for src in sources {
-        let body = render_patch(&file_changes(src, &report.findings, live));
+    for (src, body) in sources.iter().zip(patch_bodies) {
         if body.is_empty() {
             continue;
         }
@@ -65,7 +74,7 @@ pub fn render_diff(report: &DriftReport, sources: &[GitSource], live: &LiveObjec
         for f in report.findings.iter().filter(|f| f.layer == Layer::GitCluster && f.source == src.key.as_ref().map(ToString::to_string)) {
             let _ = writeln!(out, "# {}", f.message);
         }
-        out.push_str(&body);
+        out.push_str(body);
     }
 
     for layer in [Layer::ClusterNodeEni, Layer::DesiredNode] {
