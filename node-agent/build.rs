@@ -8,6 +8,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     const PROTO: &str = "proto/deviceplugin/v1beta1/api.proto";
     println!("cargo:rerun-if-changed={PROTO}");
     let fds = protox::compile([PROTO], ["proto"])?;
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
     Ok(())
 }

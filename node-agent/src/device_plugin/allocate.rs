@@ -24,7 +24,11 @@ pub enum AllocateError {
     #[error("unknown device ID {id:?}: resource {resource} has no such device")]
     Unknown { resource: String, id: String },
     #[error("device {id} of resource {resource} is unhealthy: {reason}")]
-    Unhealthy { resource: String, id: String, reason: String },
+    Unhealthy {
+        resource: String,
+        id: String,
+        reason: String,
+    },
     #[error("no device IDs in the request for resource {resource}")]
     Empty { resource: String },
 }
@@ -32,7 +36,9 @@ pub enum AllocateError {
 impl From<AllocateError> for tonic::Status {
     fn from(e: AllocateError) -> Self {
         match e {
-            AllocateError::Unknown { .. } | AllocateError::Empty { .. } => tonic::Status::invalid_argument(e.to_string()),
+            AllocateError::Unknown { .. } | AllocateError::Empty { .. } => {
+                tonic::Status::invalid_argument(e.to_string())
+            }
             AllocateError::Unhealthy { .. } => tonic::Status::failed_precondition(e.to_string()),
         }
     }
@@ -46,13 +52,22 @@ pub fn container_response(
     lookup: impl Fn(&str) -> Option<DeviceState>,
 ) -> Result<ContainerAllocateResponse, AllocateError> {
     if ids.is_empty() {
-        return Err(AllocateError::Empty { resource: resource.to_string() });
+        return Err(AllocateError::Empty {
+            resource: resource.to_string(),
+        });
     }
     let mut devices = Vec::with_capacity(ids.len());
     for id in ids {
-        let state = lookup(id).ok_or_else(|| AllocateError::Unknown { resource: resource.to_string(), id: id.clone() })?;
+        let state = lookup(id).ok_or_else(|| AllocateError::Unknown {
+            resource: resource.to_string(),
+            id: id.clone(),
+        })?;
         if let Some(reason) = &state.problem {
-            return Err(AllocateError::Unhealthy { resource: resource.to_string(), id: id.clone(), reason: reason.clone() });
+            return Err(AllocateError::Unhealthy {
+                resource: resource.to_string(),
+                id: id.clone(),
+                reason: reason.clone(),
+            });
         }
         devices.push(state);
     }
@@ -60,19 +75,33 @@ pub fn container_response(
     let mut specs: Vec<DeviceSpec> = Vec::new();
     let mut push = |host: String, container: String| {
         if !specs.iter().any(|s| s.host_path == host) {
-            specs.push(DeviceSpec { container_path: container, host_path: host, permissions: PERMISSIONS.to_string() });
+            specs.push(DeviceSpec {
+                container_path: container,
+                host_path: host,
+                permissions: PERMISSIONS.to_string(),
+            });
         }
     };
-    let mut info: BTreeMap<String, BTreeMap<&'static str, BTreeMap<&'static str, String>>> = BTreeMap::new();
+    let mut info: BTreeMap<String, BTreeMap<&'static str, BTreeMap<&'static str, String>>> =
+        BTreeMap::new();
     for d in &devices {
-        let mut entry = BTreeMap::from([("generic", BTreeMap::from([("deviceID", d.pci_address.clone())]))]);
+        let mut entry = BTreeMap::from([(
+            "generic",
+            BTreeMap::from([("deviceID", d.pci_address.clone())]),
+        )]);
         match d.dev_node {
             Some(node @ DevNode::Vfio(_)) => {
-                push(VFIO_CONTAINER_NODE.to_string(), VFIO_CONTAINER_NODE.to_string());
+                push(
+                    VFIO_CONTAINER_NODE.to_string(),
+                    VFIO_CONTAINER_NODE.to_string(),
+                );
                 push(node.host_path(), node.container_path());
                 entry.insert(
                     "vfio",
-                    BTreeMap::from([("dev-mount", node.container_path()), ("mount", VFIO_CONTAINER_NODE.to_string())]),
+                    BTreeMap::from([
+                        ("dev-mount", node.container_path()),
+                        ("mount", VFIO_CONTAINER_NODE.to_string()),
+                    ]),
                 );
             }
             Some(node @ DevNode::Uio(_)) => {
@@ -92,7 +121,11 @@ pub fn container_response(
         (naming::env_var_name(resource), bdfs.join(",")),
         (naming::info_env_var_name(resource), info_json),
     ]);
-    Ok(ContainerAllocateResponse { envs, devices: specs, ..Default::default() })
+    Ok(ContainerAllocateResponse {
+        envs,
+        devices: specs,
+        ..Default::default()
+    })
 }
 
 #[cfg(test)]
@@ -119,7 +152,11 @@ mod tests {
     }
 
     fn spec(host: &str, container: &str) -> DeviceSpec {
-        DeviceSpec { host_path: host.into(), container_path: container.into(), permissions: "rw".into() }
+        DeviceSpec {
+            host_path: host.into(),
+            container_path: container.into(),
+            permissions: "rw".into(),
+        }
     }
 
     #[test]
@@ -128,9 +165,21 @@ mod tests {
             dev("0000:00:06.0", DevNode::Vfio(VfioGroup::Iommu(36)), None),
             dev("0000:00:07.0", DevNode::Vfio(VfioGroup::Iommu(36)), None),
         ]);
-        let r = container_response(RES, &["0000:00:06.0".into(), "0000:00:07.0".into()], l).expect("ok");
-        assert_eq!(r.devices, vec![spec("/dev/vfio/vfio", "/dev/vfio/vfio"), spec("/dev/vfio/36", "/dev/vfio/36")]);
-        assert_eq!(r.envs.get("PCIDEVICE_INTEL_COM_INTEL_SRIOV_NETDEVICE_2").map(String::as_str), Some("0000:00:06.0,0000:00:07.0"));
+        let r = container_response(RES, &["0000:00:06.0".into(), "0000:00:07.0".into()], l)
+            .expect("ok");
+        assert_eq!(
+            r.devices,
+            vec![
+                spec("/dev/vfio/vfio", "/dev/vfio/vfio"),
+                spec("/dev/vfio/36", "/dev/vfio/36")
+            ]
+        );
+        assert_eq!(
+            r.envs
+                .get("PCIDEVICE_INTEL_COM_INTEL_SRIOV_NETDEVICE_2")
+                .map(String::as_str),
+            Some("0000:00:06.0,0000:00:07.0")
+        );
     }
 
     #[test]
@@ -139,13 +188,24 @@ mod tests {
         d.expected_driver = DpdkDriver::IgbUio;
         let r = container_response(RES, &["0000:00:08.0".into()], lookup(vec![d])).expect("ok");
         assert_eq!(r.devices, vec![spec("/dev/uio1", "/dev/uio1")]);
-        let info = r.envs.get("PCIDEVICE_INTEL_COM_INTEL_SRIOV_NETDEVICE_2_INFO").cloned().unwrap_or_default();
-        assert_eq!(info, r#"{"0000:00:08.0":{"generic":{"deviceID":"0000:00:08.0"},"uio":{"mount":"/dev/uio1"}}}"#);
+        let info = r
+            .envs
+            .get("PCIDEVICE_INTEL_COM_INTEL_SRIOV_NETDEVICE_2_INFO")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            info,
+            r#"{"0000:00:08.0":{"generic":{"deviceID":"0000:00:08.0"},"uio":{"mount":"/dev/uio1"}}}"#
+        );
     }
 
     #[test]
     fn errors_name_the_id_and_map_to_grpc_codes() {
-        let l = lookup(vec![dev("0000:00:06.0", DevNode::Vfio(VfioGroup::Iommu(1)), Some("bound to ena instead of vfio-pci"))]);
+        let l = lookup(vec![dev(
+            "0000:00:06.0",
+            DevNode::Vfio(VfioGroup::Iommu(1)),
+            Some("bound to ena instead of vfio-pci"),
+        )]);
         let e = container_response(RES, &["0000:00:09.0".into()], &l).expect_err("unknown");
         let s = tonic::Status::from(e);
         assert_eq!(s.code(), tonic::Code::InvalidArgument);
@@ -154,7 +214,11 @@ mod tests {
         let e = container_response(RES, &["0000:00:06.0".into()], &l).expect_err("unhealthy");
         let s = tonic::Status::from(e);
         assert_eq!(s.code(), tonic::Code::FailedPrecondition);
-        assert!(s.message().contains("0000:00:06.0") && s.message().contains("ena"), "{}", s.message());
+        assert!(
+            s.message().contains("0000:00:06.0") && s.message().contains("ena"),
+            "{}",
+            s.message()
+        );
 
         let s = tonic::Status::from(container_response(RES, &[], &l).expect_err("empty"));
         assert_eq!(s.code(), tonic::Code::InvalidArgument);

@@ -18,7 +18,9 @@ pub const HEALTHY: &str = "Healthy";
 pub const UNHEALTHY: &str = "Unhealthy";
 
 /// A gRPC channel over a Unix socket (the kubelet's or a plugin's).
-pub async fn unix_channel(path: &std::path::Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+pub async fn unix_channel(
+    path: &std::path::Path,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     tonic::transport::Endpoint::from_shared(format!("unix://{}", path.display()))?
         .connect_timeout(std::time::Duration::from_secs(5))
         .connect()

@@ -54,7 +54,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         Some(i) => s.split_at(i),
         None => (s, "ms"),
     };
-    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a duration like 50ms or 2s"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 50ms or 2s"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
@@ -64,7 +66,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Entry point of the subcommand.
 pub fn main(args: DevicePluginArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
@@ -110,7 +115,10 @@ pub async fn run(args: DevicePluginArgs) -> Result<(), Error> {
     }
     let mut config = Config::new(&args.plugin_dir, &args.sysfs_root, &args.dev_root);
     config.health_poll = args.health_interval;
-    let reporter = (!args.no_status).then(|| NodeReporter { client, node: args.node_name.clone() });
+    let reporter = (!args.no_status).then(|| NodeReporter {
+        client,
+        node: args.node_name.clone(),
+    });
     tracing::info!(node = %args.node_name, plugin_dir = %args.plugin_dir.display(), "device plugin starting");
     manager::run(config, desired_rx, metrics, reporter, stop).await
 }

@@ -56,7 +56,11 @@ impl DesiredState {
     /// devices with no known (or no valid) address are not offered yet.
     pub fn from_node_state(state: &DPDKNodeState, default_prefix: &str) -> Self {
         let mut out = Self::default();
-        let status_devices = state.status.as_ref().map(|s| s.devices.as_slice()).unwrap_or_default();
+        let status_devices = state
+            .status
+            .as_ref()
+            .map(|s| s.devices.as_slice())
+            .unwrap_or_default();
         for spec in &state.spec.devices {
             let resource = naming::qualify(&spec.resource_name, default_prefix);
             out.add_resource(resource.clone());
@@ -64,12 +68,22 @@ impl DesiredState {
                 .iter()
                 .find(|d| d.device_index == spec.device_index)
                 .and_then(|d| d.pci_address.clone());
-            let Some(address) = reported.or_else(|| spec.pci_address.clone()) else { continue };
+            let Some(address) = reported.or_else(|| spec.pci_address.clone()) else {
+                continue;
+            };
             match crate::sysfs::PciAddress::parse(&address) {
                 Ok(bdf) => {
-                    out.add(resource, DesiredDevice { pci_address: bdf.to_string(), driver: spec.driver });
+                    out.add(
+                        resource,
+                        DesiredDevice {
+                            pci_address: bdf.to_string(),
+                            driver: spec.driver,
+                        },
+                    );
                 }
-                Err(e) => tracing::warn!(node = %state.metadata.name.as_deref().unwrap_or_default(), device_index = spec.device_index, error = %e, "skipping device"),
+                Err(e) => {
+                    tracing::warn!(node = %state.metadata.name.as_deref().unwrap_or_default(), device_index = spec.device_index, error = %e, "skipping device")
+                }
             }
         }
         out
@@ -139,11 +153,16 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn devices(&self, resource: &str) -> &[DeviceState] {
-        self.resources.get(resource).map(Vec::as_slice).unwrap_or_default()
+        self.resources
+            .get(resource)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 
     pub fn device(&self, resource: &str, pci_address: &str) -> Option<&DeviceState> {
-        self.devices(resource).iter().find(|d| d.pci_address == pci_address)
+        self.devices(resource)
+            .iter()
+            .find(|d| d.pci_address == pci_address)
     }
 }
 
@@ -173,14 +192,19 @@ pub fn evaluate(desired: &DesiredDevice, facts: Result<DeviceFacts, String>) -> 
         DpdkDriver::IgbUio | DpdkDriver::UioPciGeneric => facts.uio.map(DevNode::Uio),
     };
     state.problem = if facts.driver.as_deref() != Some(expected) {
-        Some(format!("bound to {} instead of {expected}", facts.driver.as_deref().unwrap_or("no driver")))
+        Some(format!(
+            "bound to {} instead of {expected}",
+            facts.driver.as_deref().unwrap_or("no driver")
+        ))
     } else if state.dev_node.is_none() {
         Some(match desired.driver {
             DpdkDriver::VfioPci => "has no IOMMU group (vfio cannot use it)".to_string(),
             _ => "has no uio device".to_string(),
         })
     } else if !facts.dev_node_exists {
-        state.dev_node.map(|n| format!("{} does not exist", n.host_path()))
+        state
+            .dev_node
+            .map(|n| format!("{} does not exist", n.host_path()))
     } else {
         None
     };
@@ -196,8 +220,13 @@ pub struct HostPaths {
 
 /// Reads one device's state now.
 pub fn observe(paths: &HostPaths, desired: &DesiredDevice) -> DeviceState {
-    let facts = sysfs_view::device_facts(&paths.sysfs_root, &paths.dev_root, &desired.pci_address, desired.driver)
-        .map_err(|e| e.to_string());
+    let facts = sysfs_view::device_facts(
+        &paths.sysfs_root,
+        &paths.dev_root,
+        &desired.pci_address,
+        desired.driver,
+    )
+    .map_err(|e| e.to_string());
     evaluate(desired, facts)
 }
 
@@ -207,7 +236,12 @@ pub fn scan(paths: &HostPaths, desired: &DesiredState) -> Snapshot {
         resources: desired
             .resources
             .iter()
-            .map(|(resource, devices)| (resource.clone(), devices.iter().map(|d| observe(paths, d)).collect()))
+            .map(|(resource, devices)| {
+                (
+                    resource.clone(),
+                    devices.iter().map(|d| observe(paths, d)).collect(),
+                )
+            })
             .collect(),
     }
 }
@@ -215,29 +249,58 @@ pub fn scan(paths: &HostPaths, desired: &DesiredState) -> Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dpdk_bridge::api::{DPDKNodeStateSpec, DPDKNodeStateStatus, DesiredDevice as SpecDevice, DeviceStatus};
+    use dpdk_bridge::api::{
+        DPDKNodeStateSpec, DPDKNodeStateStatus, DesiredDevice as SpecDevice, DeviceStatus,
+    };
 
     fn vfio(bdf: &str) -> DesiredDevice {
-        DesiredDevice { pci_address: bdf.into(), driver: DpdkDriver::VfioPci }
+        DesiredDevice {
+            pci_address: bdf.into(),
+            driver: DpdkDriver::VfioPci,
+        }
     }
 
     fn facts(driver: Option<&str>, group: Option<VfioGroup>, exists: bool) -> DeviceFacts {
-        DeviceFacts { driver: driver.map(Into::into), vfio_group: group, uio: None, numa_node: Some(0), dev_node_exists: exists }
+        DeviceFacts {
+            driver: driver.map(Into::into),
+            vfio_group: group,
+            uio: None,
+            numa_node: Some(0),
+            dev_node_exists: exists,
+        }
     }
 
     #[test]
     fn healthy_needs_expected_driver_and_dev_node() {
         let d = vfio("0000:00:06.0");
-        assert!(evaluate(&d, Ok(facts(Some("vfio-pci"), Some(VfioGroup::Iommu(7)), true))).healthy());
+        assert!(
+            evaluate(
+                &d,
+                Ok(facts(Some("vfio-pci"), Some(VfioGroup::Iommu(7)), true))
+            )
+            .healthy()
+        );
 
         let wrong = evaluate(&d, Ok(facts(Some("ena"), Some(VfioGroup::Iommu(7)), true)));
-        assert_eq!(wrong.problem.as_deref(), Some("bound to ena instead of vfio-pci"));
+        assert_eq!(
+            wrong.problem.as_deref(),
+            Some("bound to ena instead of vfio-pci")
+        );
 
         let unbound = evaluate(&d, Ok(facts(None, None, false)));
-        assert_eq!(unbound.problem.as_deref(), Some("bound to no driver instead of vfio-pci"));
+        assert_eq!(
+            unbound.problem.as_deref(),
+            Some("bound to no driver instead of vfio-pci")
+        );
 
-        let no_node = evaluate(&d, Ok(facts(Some("vfio-pci"), Some(VfioGroup::NoIommu(3)), false)));
-        assert_eq!(no_node.problem.as_deref(), Some("/dev/vfio/noiommu-3 does not exist"));
+        let no_node = evaluate(
+            &d,
+            Ok(facts(Some("vfio-pci"), Some(VfioGroup::NoIommu(3)), false)),
+        );
+        assert_eq!(
+            no_node.problem.as_deref(),
+            Some("/dev/vfio/noiommu-3 does not exist")
+        );
 
         let no_group = evaluate(&d, Ok(facts(Some("vfio-pci"), None, false)));
         assert!(no_group.problem.is_some_and(|p| p.contains("IOMMU group")));
@@ -248,12 +311,30 @@ mod tests {
 
     #[test]
     fn uio_devices_need_their_uio_node() {
-        let d = DesiredDevice { pci_address: "0000:00:07.0".into(), driver: DpdkDriver::IgbUio };
-        let f = DeviceFacts { driver: Some("igb_uio".into()), vfio_group: None, uio: Some(2), numa_node: None, dev_node_exists: true };
+        let d = DesiredDevice {
+            pci_address: "0000:00:07.0".into(),
+            driver: DpdkDriver::IgbUio,
+        };
+        let f = DeviceFacts {
+            driver: Some("igb_uio".into()),
+            vfio_group: None,
+            uio: Some(2),
+            numa_node: None,
+            dev_node_exists: true,
+        };
         let s = evaluate(&d, Ok(f.clone()));
         assert!(s.healthy());
-        assert_eq!(s.dev_node.map(|n| n.host_path()).as_deref(), Some("/dev/uio2"));
-        let gone = evaluate(&d, Ok(DeviceFacts { dev_node_exists: false, ..f }));
+        assert_eq!(
+            s.dev_node.map(|n| n.host_path()).as_deref(),
+            Some("/dev/uio2")
+        );
+        let gone = evaluate(
+            &d,
+            Ok(DeviceFacts {
+                dev_node_exists: false,
+                ..f
+            }),
+        );
         assert_eq!(gone.problem.as_deref(), Some("/dev/uio2 does not exist"));
     }
 
@@ -263,7 +344,10 @@ mod tests {
         assert_eq!(n.host_path(), "/dev/vfio/noiommu-4");
         assert_eq!(n.container_path(), "/dev/vfio/4");
         let i = DevNode::Vfio(VfioGroup::Iommu(36));
-        assert_eq!((i.host_path(), i.container_path()), ("/dev/vfio/36".into(), "/dev/vfio/36".into()));
+        assert_eq!(
+            (i.host_path(), i.container_path()),
+            ("/dev/vfio/36".into(), "/dev/vfio/36".into())
+        );
     }
 
     #[test]
@@ -272,24 +356,62 @@ mod tests {
             "node-a",
             DPDKNodeStateSpec {
                 devices: vec![
-                    SpecDevice { device_index: 2, node_eni: "eni-a".into(), eni_id: None, pci_address: None, resource_name: "intel.com/intel_sriov_netdevice_2".into(), driver: DpdkDriver::VfioPci },
-                    SpecDevice { device_index: 3, node_eni: "eni-b".into(), eni_id: None, pci_address: Some("00:07.0".into()), resource_name: "bare_name".into(), driver: DpdkDriver::IgbUio },
-                    SpecDevice { device_index: 4, node_eni: "eni-c".into(), eni_id: None, pci_address: None, resource_name: "intel.com/intel_sriov_netdevice_2".into(), driver: DpdkDriver::VfioPci },
+                    SpecDevice {
+                        device_index: 2,
+                        node_eni: "eni-a".into(),
+                        eni_id: None,
+                        pci_address: None,
+                        resource_name: "intel.com/intel_sriov_netdevice_2".into(),
+                        driver: DpdkDriver::VfioPci,
+                    },
+                    SpecDevice {
+                        device_index: 3,
+                        node_eni: "eni-b".into(),
+                        eni_id: None,
+                        pci_address: Some("00:07.0".into()),
+                        resource_name: "bare_name".into(),
+                        driver: DpdkDriver::IgbUio,
+                    },
+                    SpecDevice {
+                        device_index: 4,
+                        node_eni: "eni-c".into(),
+                        eni_id: None,
+                        pci_address: None,
+                        resource_name: "intel.com/intel_sriov_netdevice_2".into(),
+                        driver: DpdkDriver::VfioPci,
+                    },
                 ],
                 ..Default::default()
             },
         );
         ns.status = Some(DPDKNodeStateStatus {
-            devices: vec![DeviceStatus { device_index: 2, pci_address: Some("0000:00:06.0".into()), bound: true, ..Default::default() }],
+            devices: vec![DeviceStatus {
+                device_index: 2,
+                pci_address: Some("0000:00:06.0".into()),
+                bound: true,
+                ..Default::default()
+            }],
             ..Default::default()
         });
         let desired = DesiredState::from_node_state(&ns, "intel.com");
         let mut want = DesiredState::default();
         want.add("intel.com/intel_sriov_netdevice_2", vfio("0000:00:06.0"));
-        want.add("intel.com/bare_name", DesiredDevice { pci_address: "0000:00:07.0".into(), driver: DpdkDriver::IgbUio });
-        assert_eq!(desired, want, "index 4 has no address yet: the resource is there, the device is not");
+        want.add(
+            "intel.com/bare_name",
+            DesiredDevice {
+                pci_address: "0000:00:07.0".into(),
+                driver: DpdkDriver::IgbUio,
+            },
+        );
+        assert_eq!(
+            desired, want,
+            "index 4 has no address yet: the resource is there, the device is not"
+        );
 
         ns.spec.devices.clear();
-        assert_eq!(DesiredState::from_node_state(&ns, "intel.com"), DesiredState::default());
+        assert_eq!(
+            DesiredState::from_node_state(&ns, "intel.com"),
+            DesiredState::default()
+        );
     }
 }

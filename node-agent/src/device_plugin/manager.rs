@@ -27,11 +27,11 @@ use super::api::KUBELET_SOCKET;
 use super::api::v1beta1::device_plugin_server::DevicePluginServer;
 use super::inventory::{DesiredState, HostPaths, Snapshot};
 use super::metrics::{Metrics, ResourceLabels};
-use super::service::PluginService;
 use super::report::NodeReporter;
+use super::service::PluginService;
 use super::{monitor, naming, registration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use crate::error::{Error, io_error};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// Runtime settings of the device plugin.
 #[derive(Clone, Debug)]
@@ -50,10 +50,17 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn new(plugin_dir: impl Into<PathBuf>, sysfs_root: impl Into<PathBuf>, dev_root: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        plugin_dir: impl Into<PathBuf>,
+        sysfs_root: impl Into<PathBuf>,
+        dev_root: impl Into<PathBuf>,
+    ) -> Self {
         Self {
             plugin_dir: plugin_dir.into(),
-            paths: HostPaths { sysfs_root: sysfs_root.into(), dev_root: dev_root.into() },
+            paths: HostPaths {
+                sysfs_root: sysfs_root.into(),
+                dev_root: dev_root.into(),
+            },
             health_poll: Duration::from_millis(50),
             health_inotify: true,
             socket_check: Duration::from_millis(500),
@@ -104,24 +111,41 @@ pub async fn run(
 
     // When each resource last registered, for status.devicePlugin.
     let (registrations, registrations_rx) = watch::channel(BTreeMap::<String, Time>::new());
-    let reporter = reporter.map(|r| tokio::spawn(r.run(snapshots.clone(), registrations_rx, stop.child_token())));
+    let reporter = reporter
+        .map(|r| tokio::spawn(r.run(snapshots.clone(), registrations_rx, stop.child_token())));
 
     // Any change in the dir is a hint; resource tasks check the files themselves.
     let (dir_tx, mut dir_events) = mpsc::unbounded_channel::<()>();
-    let mut dir_watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
-            let _ = dir_tx.send(());
-        }
-    })
-    .map_err(|source| Error::Watch { path: config.plugin_dir.display().to_string(), source })?;
+    let mut dir_watcher =
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok_and(|e| !e.kind.is_access()) {
+                let _ = dir_tx.send(());
+            }
+        })
+        .map_err(|source| Error::Watch {
+            path: config.plugin_dir.display().to_string(),
+            source,
+        })?;
     dir_watcher
         .watch(&config.plugin_dir, RecursiveMode::NonRecursive)
-        .map_err(|source| Error::Watch { path: config.plugin_dir.display().to_string(), source })?;
+        .map_err(|source| Error::Watch {
+            path: config.plugin_dir.display().to_string(),
+            source,
+        })?;
 
     let mut tasks: BTreeMap<String, ResourceTask> = BTreeMap::new();
     loop {
-        let wanted: Vec<String> = snapshots.borrow_and_update().resources.keys().cloned().collect();
-        let removed: Vec<String> = tasks.keys().filter(|r| !wanted.contains(r)).cloned().collect();
+        let wanted: Vec<String> = snapshots
+            .borrow_and_update()
+            .resources
+            .keys()
+            .cloned()
+            .collect();
+        let removed: Vec<String> = tasks
+            .keys()
+            .filter(|r| !wanted.contains(r))
+            .cloned()
+            .collect();
         for resource in removed {
             if let Some(task) = tasks.remove(&resource) {
                 tracing::info!(%resource, "resource removed: stopping its server");
@@ -203,7 +227,10 @@ impl ResourceTask {
             metrics,
             registrations,
         };
-        let join = tokio::spawn(tracing::Instrument::instrument(ctx.run(rx, stop.clone()), span));
+        let join = tokio::spawn(tracing::Instrument::instrument(
+            ctx.run(rx, stop.clone()),
+            span,
+        ));
         Self { events, stop, join }
     }
 
@@ -242,8 +269,14 @@ impl Serving {
     async fn shut_down(self) {
         self.stop.cancel();
         let abort = self.join.abort_handle();
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.join).await.is_err() {
-            tracing::warn!("server did not stop within {}s; aborting it", SHUTDOWN_GRACE.as_secs());
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.join)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "server did not stop within {}s; aborting it",
+                SHUTDOWN_GRACE.as_secs()
+            );
             abort.abort();
         }
     }
@@ -288,7 +321,11 @@ impl ResourceCtx {
             }
         });
         tracing::info!(socket = %path.display(), "serving");
-        Ok(Serving { socket_id, stop, join })
+        Ok(Serving {
+            socket_id,
+            stop,
+            join,
+        })
     }
 
     async fn run(self, mut events: mpsc::UnboundedReceiver<()>, stop: CancellationToken) {
@@ -327,7 +364,12 @@ impl ResourceCtx {
                                 None => {}
                                 Some(Ok(())) => {
                                     tracing::info!(endpoint = %self.endpoint, "registered with the kubelet");
-                                    self.metrics.registrations.get_or_create(&ResourceLabels { resource: self.resource.clone() }).inc();
+                                    self.metrics
+                                        .registrations
+                                        .get_or_create(&ResourceLabels {
+                                            resource: self.resource.clone(),
+                                        })
+                                        .inc();
                                     registered_with = Some(kubelet);
                                     let now = Time(k8s_openapi::jiff::Timestamp::now());
                                     self.registrations.send_modify(|r| {

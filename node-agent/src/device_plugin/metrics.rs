@@ -57,25 +57,64 @@ impl Metrics {
         let allocations = Family::<AllocationLabels, Counter>::default();
         let allocated_devices = Family::<ResourceLabels, Counter>::default();
         let registrations = Family::<ResourceLabels, Counter>::default();
-        registry.register("advertised_devices", "Devices advertised to the kubelet, per resource", advertised.clone());
-        registry.register("healthy_devices", "Advertised devices that are Healthy, per resource", healthy.clone());
-        registry.register("allocations", "Allocate calls per resource and outcome", allocations.clone());
-        registry.register("allocated_devices", "Devices handed out by successful Allocate calls", allocated_devices.clone());
-        registry.register("registrations", "Successful registrations with the kubelet", registrations.clone());
-        Self { registry: Arc::new(registry), advertised, healthy, allocations, allocated_devices, registrations }
+        registry.register(
+            "advertised_devices",
+            "Devices advertised to the kubelet, per resource",
+            advertised.clone(),
+        );
+        registry.register(
+            "healthy_devices",
+            "Advertised devices that are Healthy, per resource",
+            healthy.clone(),
+        );
+        registry.register(
+            "allocations",
+            "Allocate calls per resource and outcome",
+            allocations.clone(),
+        );
+        registry.register(
+            "allocated_devices",
+            "Devices handed out by successful Allocate calls",
+            allocated_devices.clone(),
+        );
+        registry.register(
+            "registrations",
+            "Successful registrations with the kubelet",
+            registrations.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            advertised,
+            healthy,
+            allocations,
+            allocated_devices,
+            registrations,
+        }
     }
 
     /// Sets the per-resource gauges from a snapshot, dropping resources that went away.
     pub fn observe(&self, previous: &Snapshot, snapshot: &Snapshot) {
-        for resource in previous.resources.keys().filter(|r| !snapshot.resources.contains_key(*r)) {
-            let labels = ResourceLabels { resource: resource.clone() };
+        for resource in previous
+            .resources
+            .keys()
+            .filter(|r| !snapshot.resources.contains_key(*r))
+        {
+            let labels = ResourceLabels {
+                resource: resource.clone(),
+            };
             self.advertised.remove(&labels);
             self.healthy.remove(&labels);
         }
         for (resource, devices) in &snapshot.resources {
-            let labels = ResourceLabels { resource: resource.clone() };
-            self.advertised.get_or_create(&labels).set(devices.len() as i64);
-            self.healthy.get_or_create(&labels).set(devices.iter().filter(|d| d.healthy()).count() as i64);
+            let labels = ResourceLabels {
+                resource: resource.clone(),
+            };
+            self.advertised
+                .get_or_create(&labels)
+                .set(devices.len() as i64);
+            self.healthy
+                .get_or_create(&labels)
+                .set(devices.iter().filter(|d| d.healthy()).count() as i64);
         }
     }
 
@@ -96,13 +135,28 @@ impl Metrics {
     }
 
     /// Serves `GET /metrics` on a bound listener until `stop` is cancelled.
-    pub async fn serve_on(self, listener: tokio::net::TcpListener, stop: CancellationToken) -> Result<(), Error> {
-        let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    pub async fn serve_on(
+        self,
+        listener: tokio::net::TcpListener,
+        stop: CancellationToken,
+    ) -> Result<(), Error> {
+        let local = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let app = axum::Router::new().route(
             "/metrics",
             axum::routing::get(move || {
                 let m = self.clone();
-                async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.encode()) }
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.encode(),
+                    )
+                }
             }),
         );
         tracing::info!(addr = %local, "serving metrics");

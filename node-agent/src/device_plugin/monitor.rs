@@ -25,7 +25,10 @@ fn watch_paths(paths: &HostPaths, desired: &DesiredState) -> BTreeSet<PathBuf> {
         }
     }
     for device in desired.resources.values().flatten() {
-        let dir = paths.sysfs_root.join("bus/pci/devices").join(&device.pci_address);
+        let dir = paths
+            .sysfs_root
+            .join("bus/pci/devices")
+            .join(&device.pci_address);
         if dir.is_dir() {
             out.insert(dir);
         }
@@ -50,13 +53,20 @@ pub async fn run(
             waker.notify_one();
         }
     })
-    .map_err(|source| Error::Watch { path: paths.dev_root.display().to_string(), source })?;
+    .map_err(|source| Error::Watch {
+        path: paths.dev_root.display().to_string(),
+        source,
+    })?;
     let mut watched: BTreeSet<PathBuf> = BTreeSet::new();
 
     loop {
         let current = desired.borrow_and_update().clone();
 
-        let wanted = if inotify { watch_paths(&paths, &current) } else { BTreeSet::new() };
+        let wanted = if inotify {
+            watch_paths(&paths, &current)
+        } else {
+            BTreeSet::new()
+        };
         for gone in watched.difference(&wanted) {
             // The path may already be gone, which removes the watch anyway.
             let _ = watcher.unwatch(gone);

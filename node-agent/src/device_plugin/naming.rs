@@ -48,21 +48,42 @@ mod tests {
     #[test]
     fn seed_resource_names() {
         let r = "intel.com/intel_sriov_netdevice_2";
-        assert_eq!(env_var_name(r), "PCIDEVICE_INTEL_COM_INTEL_SRIOV_NETDEVICE_2");
-        assert_eq!(info_env_var_name(r), "PCIDEVICE_INTEL_COM_INTEL_SRIOV_NETDEVICE_2_INFO");
-        assert_eq!(socket_file_name(r), "intel.com_intel_sriov_netdevice_2.sock");
+        assert_eq!(
+            env_var_name(r),
+            "PCIDEVICE_INTEL_COM_INTEL_SRIOV_NETDEVICE_2"
+        );
+        assert_eq!(
+            info_env_var_name(r),
+            "PCIDEVICE_INTEL_COM_INTEL_SRIOV_NETDEVICE_2_INFO"
+        );
+        assert_eq!(
+            socket_file_name(r),
+            "intel.com_intel_sriov_netdevice_2.sock"
+        );
     }
 
     #[test]
     fn dashes_and_dots_become_underscores() {
-        assert_eq!(env_var_name("example.io/dpdk-ena-v2"), "PCIDEVICE_EXAMPLE_IO_DPDK_ENA_V2");
-        assert_eq!(socket_file_name("example.io/dpdk-ena-v2"), "example.io_dpdk-ena-v2.sock");
+        assert_eq!(
+            env_var_name("example.io/dpdk-ena-v2"),
+            "PCIDEVICE_EXAMPLE_IO_DPDK_ENA_V2"
+        );
+        assert_eq!(
+            socket_file_name("example.io/dpdk-ena-v2"),
+            "example.io_dpdk-ena-v2.sock"
+        );
     }
 
     #[test]
     fn qualify_adds_the_default_prefix_only_to_bare_names() {
-        assert_eq!(qualify("intel_sriov_netdevice_2", "intel.com"), "intel.com/intel_sriov_netdevice_2");
-        assert_eq!(qualify("amazon.com/ena_dpdk", "intel.com"), "amazon.com/ena_dpdk");
+        assert_eq!(
+            qualify("intel_sriov_netdevice_2", "intel.com"),
+            "intel.com/intel_sriov_netdevice_2"
+        );
+        assert_eq!(
+            qualify("amazon.com/ena_dpdk", "intel.com"),
+            "amazon.com/ena_dpdk"
+        );
         assert_eq!(qualify("bare", ""), "bare");
     }
 }

@@ -48,7 +48,10 @@ pub fn preferred_allocation(
             *must_nodes.entry(n).or_default() += 1;
         }
     }
-    let home = must_nodes.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))).map(|(n, _)| *n);
+    let home = must_nodes
+        .iter()
+        .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+        .map(|(n, _)| *n);
 
     // One node that fits everything that is left.
     let single = groups
@@ -59,7 +62,8 @@ pub fn preferred_allocation(
     let order: Vec<Option<u32>> = match single {
         Some(node) => vec![node],
         None => {
-            let mut nodes: Vec<(&Option<u32>, usize)> = groups.iter().map(|(n, ids)| (n, ids.len())).collect();
+            let mut nodes: Vec<(&Option<u32>, usize)> =
+                groups.iter().map(|(n, ids)| (n, ids.len())).collect();
             nodes.sort_by_key(|(n, len)| (n.is_none(), **n != home, std::cmp::Reverse(*len), **n));
             nodes.into_iter().map(|(n, _)| *n).collect()
         }
@@ -95,31 +99,60 @@ mod tests {
     #[test]
     fn prefers_one_node_that_fits_best() {
         let avail = ids(&["a1", "a2", "a3", "b1", "b2", "x1"]);
-        assert_eq!(preferred_allocation(&avail, &[], 2, numa), ids(&["b1", "b2"]), "node 1 fits 2 exactly");
-        assert_eq!(preferred_allocation(&avail, &[], 3, numa), ids(&["a1", "a2", "a3"]));
+        assert_eq!(
+            preferred_allocation(&avail, &[], 2, numa),
+            ids(&["b1", "b2"]),
+            "node 1 fits 2 exactly"
+        );
+        assert_eq!(
+            preferred_allocation(&avail, &[], 3, numa),
+            ids(&["a1", "a2", "a3"])
+        );
         assert_eq!(preferred_allocation(&avail, &[], 1, numa), ids(&["b1"]));
     }
 
     #[test]
     fn must_include_is_honoured_and_pulls_towards_its_node() {
         let avail = ids(&["a1", "a2", "a3", "b1", "b2"]);
-        assert_eq!(preferred_allocation(&avail, &ids(&["a2"]), 2, numa), ids(&["a2", "a1"]));
-        assert_eq!(preferred_allocation(&avail, &ids(&["b2", "a1"]), 2, numa), ids(&["b2", "a1"]));
-        assert_eq!(preferred_allocation(&avail, &ids(&["a1", "a2", "a3"]), 2, numa), ids(&["a1", "a2", "a3"]));
+        assert_eq!(
+            preferred_allocation(&avail, &ids(&["a2"]), 2, numa),
+            ids(&["a2", "a1"])
+        );
+        assert_eq!(
+            preferred_allocation(&avail, &ids(&["b2", "a1"]), 2, numa),
+            ids(&["b2", "a1"])
+        );
+        assert_eq!(
+            preferred_allocation(&avail, &ids(&["a1", "a2", "a3"]), 2, numa),
+            ids(&["a1", "a2", "a3"])
+        );
     }
 
     #[test]
     fn spans_the_fewest_nodes_when_none_fits() {
         let avail = ids(&["a1", "a2", "b1", "b2", "b3", "x1"]);
-        assert_eq!(preferred_allocation(&avail, &[], 4, numa), ids(&["b1", "b2", "b3", "a1"]));
-        assert_eq!(preferred_allocation(&avail, &[], 6, numa), ids(&["b1", "b2", "b3", "a1", "a2", "x1"]));
-        assert_eq!(preferred_allocation(&avail, &[], 9, numa).len(), 6, "never invents devices");
+        assert_eq!(
+            preferred_allocation(&avail, &[], 4, numa),
+            ids(&["b1", "b2", "b3", "a1"])
+        );
+        assert_eq!(
+            preferred_allocation(&avail, &[], 6, numa),
+            ids(&["b1", "b2", "b3", "a1", "a2", "x1"])
+        );
+        assert_eq!(
+            preferred_allocation(&avail, &[], 9, numa).len(),
+            6,
+            "never invents devices"
+        );
     }
 
     #[test]
     fn devices_without_affinity_are_last_resort() {
         let avail = ids(&["x1", "x2", "a1"]);
         assert_eq!(preferred_allocation(&avail, &[], 1, numa), ids(&["a1"]));
-        assert_eq!(preferred_allocation(&ids(&["x2", "x1"]), &[], 1, numa), ids(&["x1"]));
+        assert_eq!(
+            preferred_allocation(&ids(&["x2", "x1"]), &[], 1, numa),
+            ids(&["x1"])
+        );
     }
 }

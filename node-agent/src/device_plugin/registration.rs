@@ -33,7 +33,9 @@ pub async fn register(plugin_dir: &Path, resource: &str, endpoint: &str) -> Resu
         message,
     };
     let call = async {
-        let channel = unix_channel(&socket).await.map_err(|e| failed(format!("connecting: {e}")))?;
+        let channel = unix_channel(&socket)
+            .await
+            .map_err(|e| failed(format!("connecting: {e}")))?;
         RegistrationClient::new(channel)
             .register(register_request(resource, endpoint))
             .await

@@ -31,7 +31,10 @@ pub struct NodeReporter {
 }
 
 /// The status the plugin reports for a snapshot. Pure.
-pub fn device_plugin_status(snapshot: &Snapshot, last_registration: Option<&Time>) -> DevicePluginStatus {
+pub fn device_plugin_status(
+    snapshot: &Snapshot,
+    last_registration: Option<&Time>,
+) -> DevicePluginStatus {
     DevicePluginStatus {
         resources: snapshot
             .resources
@@ -39,7 +42,8 @@ pub fn device_plugin_status(snapshot: &Snapshot, last_registration: Option<&Time
             .map(|(name, devices)| AdvertisedResource {
                 resource_name: name.clone(),
                 advertised: i32::try_from(devices.len()).unwrap_or(i32::MAX),
-                healthy: i32::try_from(devices.iter().filter(|d| d.healthy()).count()).unwrap_or(i32::MAX),
+                healthy: i32::try_from(devices.iter().filter(|d| d.healthy()).count())
+                    .unwrap_or(i32::MAX),
             })
             .collect(),
         last_registration_time: last_registration.cloned(),
@@ -56,7 +60,12 @@ impl NodeReporter {
             "metadata": { "name": self.node },
             "status": { "devicePlugin": status },
         });
-        api.patch_status(&self.node, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+        api.patch_status(
+            &self.node,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
         Ok(())
     }
 
@@ -71,7 +80,11 @@ impl NodeReporter {
         let mut reported: Option<DevicePluginStatus> = None;
         loop {
             let snapshot = snapshots.borrow_and_update().clone();
-            let last = registrations.borrow_and_update().values().max_by_key(|t| t.0).cloned();
+            let last = registrations
+                .borrow_and_update()
+                .values()
+                .max_by_key(|t| t.0)
+                .cloned();
             let status = device_plugin_status(&snapshot, last.as_ref());
             let mut wait = None;
             if reported.as_ref() != Some(&status) {

@@ -13,9 +13,10 @@ use tonic::{Request, Response, Status};
 use super::allocate::{self, AllocateError};
 use super::api::v1beta1::device_plugin_server::DevicePlugin;
 use super::api::v1beta1::{
-    AllocateRequest, AllocateResponse, ContainerPreferredAllocationResponse, Device, DevicePluginOptions, Empty,
-    ListAndWatchResponse, NumaNode, PreStartContainerRequest, PreStartContainerResponse, PreferredAllocationRequest,
-    PreferredAllocationResponse, TopologyInfo,
+    AllocateRequest, AllocateResponse, ContainerPreferredAllocationResponse, Device,
+    DevicePluginOptions, Empty, ListAndWatchResponse, NumaNode, PreStartContainerRequest,
+    PreStartContainerResponse, PreferredAllocationRequest, PreferredAllocationResponse,
+    TopologyInfo,
 };
 use super::api::{HEALTHY, UNHEALTHY};
 use super::inventory::{self, DesiredDevice, HostPaths, Snapshot};
@@ -24,7 +25,10 @@ use super::preferred;
 
 /// The options this plugin registers with and reports.
 pub fn plugin_options() -> DevicePluginOptions {
-    DevicePluginOptions { pre_start_required: false, get_preferred_allocation_available: true }
+    DevicePluginOptions {
+        pre_start_required: false,
+        get_preferred_allocation_available: true,
+    }
 }
 
 /// The device list of `resource` as ListAndWatch sends it.
@@ -35,7 +39,9 @@ pub fn advertised_devices(snapshot: &Snapshot, resource: &str) -> Vec<Device> {
         .map(|d| Device {
             id: d.pci_address.clone(),
             health: if d.healthy() { HEALTHY } else { UNHEALTHY }.to_string(),
-            topology: d.numa_node.map(|n| TopologyInfo { nodes: vec![NumaNode { id: i64::from(n) }] }),
+            topology: d.numa_node.map(|n| TopologyInfo {
+                nodes: vec![NumaNode { id: i64::from(n) }],
+            }),
         })
         .collect()
 }
@@ -59,11 +65,23 @@ impl PluginService {
         stop: CancellationToken,
         metrics: Metrics,
     ) -> Self {
-        Self { resource, paths, snapshots, stop, metrics }
+        Self {
+            resource,
+            paths,
+            snapshots,
+            stop,
+            metrics,
+        }
     }
 
     fn count(&self, outcome: Outcome) {
-        self.metrics.allocations.get_or_create(&AllocationLabels { resource: self.resource.clone(), outcome }).inc();
+        self.metrics
+            .allocations
+            .get_or_create(&AllocationLabels {
+                resource: self.resource.clone(),
+                outcome,
+            })
+            .inc();
     }
 }
 
@@ -71,7 +89,10 @@ type ListAndWatchStream = Pin<Box<dyn Stream<Item = Result<ListAndWatchResponse,
 
 #[tonic::async_trait]
 impl DevicePlugin for PluginService {
-    async fn get_device_plugin_options(&self, _: Request<Empty>) -> Result<Response<DevicePluginOptions>, Status> {
+    async fn get_device_plugin_options(
+        &self,
+        _: Request<Empty>,
+    ) -> Result<Response<DevicePluginOptions>, Status> {
         Ok(Response::new(plugin_options()))
     }
 
@@ -79,19 +100,32 @@ impl DevicePlugin for PluginService {
 
     /// Sends the list at once, then again on every change of this resource's devices
     /// (health, binding, devices added or removed). Ends only when the server stops.
-    async fn list_and_watch(&self, _: Request<Empty>) -> Result<Response<Self::ListAndWatchStream>, Status> {
+    async fn list_and_watch(
+        &self,
+        _: Request<Empty>,
+    ) -> Result<Response<Self::ListAndWatchStream>, Status> {
         tracing::info!(resource = %self.resource, "ListAndWatch opened");
-        let state = (self.snapshots.clone(), None::<Vec<Device>>, self.stop.clone(), self.resource.clone());
+        let state = (
+            self.snapshots.clone(),
+            None::<Vec<Device>>,
+            self.stop.clone(),
+            self.resource.clone(),
+        );
         let stream = futures::stream::unfold(state, |(mut rx, last, stop, resource)| async move {
             loop {
                 // A resource gone from the snapshot is about to be stopped: send nothing.
                 let devices = {
                     let snapshot = rx.borrow_and_update();
-                    snapshot.resources.contains_key(&resource).then(|| advertised_devices(&snapshot, &resource))
+                    snapshot
+                        .resources
+                        .contains_key(&resource)
+                        .then(|| advertised_devices(&snapshot, &resource))
                 };
                 if let Some(devices) = devices.filter(|d| last.as_ref() != Some(d)) {
                     tracing::debug!(%resource, devices = devices.len(), "ListAndWatch update");
-                    let response = ListAndWatchResponse { devices: devices.clone() };
+                    let response = ListAndWatchResponse {
+                        devices: devices.clone(),
+                    };
                     return Some((Ok(response), (rx, Some(devices), stop, resource)));
                 }
                 tokio::select! {
@@ -113,27 +147,43 @@ impl DevicePlugin for PluginService {
         request: Request<PreferredAllocationRequest>,
     ) -> Result<Response<PreferredAllocationResponse>, Status> {
         let snapshot = self.snapshots.borrow().clone();
-        let numa = |id: &str| snapshot.device(&self.resource, id).and_then(|d| d.numa_node);
+        let numa = |id: &str| {
+            snapshot
+                .device(&self.resource, id)
+                .and_then(|d| d.numa_node)
+        };
         let container_responses = request
             .into_inner()
             .container_requests
             .iter()
             .map(|c| {
                 let size = usize::try_from(c.allocation_size).unwrap_or(0);
-                let device_i_ds =
-                    preferred::preferred_allocation(&c.available_device_i_ds, &c.must_include_device_i_ds, size, numa);
+                let device_i_ds = preferred::preferred_allocation(
+                    &c.available_device_i_ds,
+                    &c.must_include_device_i_ds,
+                    size,
+                    numa,
+                );
                 ContainerPreferredAllocationResponse { device_i_ds }
             })
             .collect();
-        Ok(Response::new(PreferredAllocationResponse { container_responses }))
+        Ok(Response::new(PreferredAllocationResponse {
+            container_responses,
+        }))
     }
 
     /// Checks each device as it is NOW (sysfs and /dev read again), not as last polled.
-    async fn allocate(&self, request: Request<AllocateRequest>) -> Result<Response<AllocateResponse>, Status> {
+    async fn allocate(
+        &self,
+        request: Request<AllocateRequest>,
+    ) -> Result<Response<AllocateResponse>, Status> {
         let snapshot = self.snapshots.borrow().clone();
         let lookup = |id: &str| {
             let known = snapshot.device(&self.resource, id)?;
-            let desired = DesiredDevice { pci_address: known.pci_address.clone(), driver: known.expected_driver };
+            let desired = DesiredDevice {
+                pci_address: known.pci_address.clone(),
+                driver: known.expected_driver,
+            };
             Some(inventory::observe(&self.paths, &desired))
         };
         let mut container_responses = Vec::new();
@@ -144,7 +194,9 @@ impl DevicePlugin for PluginService {
                     self.count(Outcome::Ok);
                     self.metrics
                         .allocated_devices
-                        .get_or_create(&ResourceLabels { resource: self.resource.clone() })
+                        .get_or_create(&ResourceLabels {
+                            resource: self.resource.clone(),
+                        })
                         .inc_by(container.devices_ids.len() as u64);
                     container_responses.push(response);
                 }
@@ -159,7 +211,9 @@ impl DevicePlugin for PluginService {
                 }
             }
         }
-        Ok(Response::new(AllocateResponse { container_responses }))
+        Ok(Response::new(AllocateResponse {
+            container_responses,
+        }))
     }
 
     async fn pre_start_container(

@@ -4,8 +4,8 @@
 
 use dpdk_bridge::api::DPDKNodeState;
 use futures::StreamExt;
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -56,7 +56,9 @@ pub async fn watch_node_state(
                     publish(DesiredState::default());
                 }
             }
-            Some(Ok(Event::Apply(obj))) => publish(DesiredState::from_node_state(&obj, &default_prefix)),
+            Some(Ok(Event::Apply(obj))) => {
+                publish(DesiredState::from_node_state(&obj, &default_prefix))
+            }
             Some(Ok(Event::Delete(_))) => publish(DesiredState::default()),
         }
     }

@@ -22,12 +22,20 @@ pub struct DeviceFacts {
 }
 
 /// Reads a device's facts for a device meant for `driver`.
-pub fn device_facts(sysfs_root: &Path, dev_root: &Path, bdf: &str, driver: DpdkDriver) -> Result<DeviceFacts, Error> {
+pub fn device_facts(
+    sysfs_root: &Path,
+    dev_root: &Path,
+    bdf: &str,
+    driver: DpdkDriver,
+) -> Result<DeviceFacts, Error> {
     let address = PciAddress::parse(bdf)?;
     let sysfs = Sysfs::new(sysfs_root);
     let dir = sysfs.pci_device_dir(&address);
     if !dir.exists() {
-        return Err(Error::PciDeviceNotFound { address: address.to_string(), path: dir.display().to_string() });
+        return Err(Error::PciDeviceNotFound {
+            address: address.to_string(),
+            path: dir.display().to_string(),
+        });
     }
     let bound = sysfs.bound_driver(&address)?;
     let numa_node = sysfs.numa_node(&address)?;
@@ -43,7 +51,13 @@ pub fn device_facts(sysfs_root: &Path, dev_root: &Path, bdf: &str, driver: DpdkD
             (None, uio, exists)
         }
     };
-    Ok(DeviceFacts { driver: bound, vfio_group, uio, numa_node, dev_node_exists })
+    Ok(DeviceFacts {
+        driver: bound,
+        vfio_group,
+        uio,
+        numa_node,
+        dev_node_exists,
+    })
 }
 
 /// The lowest `N` among `<dir>/uioN`; `None` when the directory is absent or empty.
@@ -57,7 +71,11 @@ fn uio_index(dir: &Path) -> Result<Option<u32>, Error> {
     for entry in entries {
         let entry = entry.map_err(|e| io_error(dir, e))?;
         let name = entry.file_name();
-        if let Some(n) = name.to_str().and_then(|n| n.strip_prefix("uio")).and_then(|n| n.parse::<u32>().ok()) {
+        if let Some(n) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("uio"))
+            .and_then(|n| n.parse::<u32>().ok())
+        {
             best = Some(best.map_or(n, |b: u32| b.min(n)));
         }
     }
@@ -78,12 +96,19 @@ mod tests {
         std::fs::create_dir_all(real.join("uio/uio3")).expect("mkdir");
         std::fs::create_dir_all(sys.join("bus/pci/devices")).expect("mkdir");
         std::fs::create_dir_all(sys.join("bus/pci/drivers/igb_uio")).expect("mkdir");
-        symlink("../../../devices/pci0000:00/0000:00:07.0", sys.join("bus/pci/devices/0000:00:07.0")).expect("symlink");
+        symlink(
+            "../../../devices/pci0000:00/0000:00:07.0",
+            sys.join("bus/pci/devices/0000:00:07.0"),
+        )
+        .expect("symlink");
         symlink("../../../bus/pci/drivers/igb_uio", real.join("driver")).expect("symlink");
         std::fs::create_dir_all(&dev).expect("mkdir");
 
         let f = device_facts(&sys, &dev, "0000:00:07.0", DpdkDriver::IgbUio).expect("facts");
-        assert_eq!((f.driver.as_deref(), f.uio, f.dev_node_exists), (Some("igb_uio"), Some(3), false));
+        assert_eq!(
+            (f.driver.as_deref(), f.uio, f.dev_node_exists),
+            (Some("igb_uio"), Some(3), false)
+        );
         std::fs::write(dev.join("uio3"), "").expect("write");
         let f = device_facts(&sys, &dev, "0000:00:07.0", DpdkDriver::IgbUio).expect("facts");
         assert!(f.dev_node_exists);
@@ -92,7 +117,8 @@ mod tests {
     #[test]
     fn missing_device_is_an_error_naming_it() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let err = device_facts(tmp.path(), tmp.path(), "0000:00:09.0", DpdkDriver::VfioPci).expect_err("missing");
+        let err = device_facts(tmp.path(), tmp.path(), "0000:00:09.0", DpdkDriver::VfioPci)
+            .expect_err("missing");
         assert!(err.to_string().contains("0000:00:09.0"), "{err}");
     }
 }

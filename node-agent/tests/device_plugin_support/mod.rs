@@ -11,12 +11,16 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use dpdk_bridge::api::DpdkDriver;
 use dpdk_node_agent::device_plugin::api::v1beta1::device_plugin_client::DevicePluginClient;
-use dpdk_node_agent::device_plugin::api::v1beta1::registration_server::{Registration, RegistrationServer};
-use dpdk_node_agent::device_plugin::api::v1beta1::{Device, DevicePluginOptions, Empty, ListAndWatchResponse, RegisterRequest};
+use dpdk_node_agent::device_plugin::api::v1beta1::registration_server::{
+    Registration, RegistrationServer,
+};
+use dpdk_node_agent::device_plugin::api::v1beta1::{
+    Device, DevicePluginOptions, Empty, ListAndWatchResponse, RegisterRequest,
+};
 use dpdk_node_agent::device_plugin::api::{KUBELET_SOCKET, VERSION, unix_channel};
 use dpdk_node_agent::device_plugin::{self, Config, DesiredDevice, DesiredState, Metrics};
-use dpdk_bridge::api::DpdkDriver;
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -67,7 +71,12 @@ impl FakeHost {
         for driver in ["ena", "vfio-pci", "igb_uio", "uio_pci_generic"] {
             std::fs::create_dir_all(sysfs.join("bus/pci/drivers").join(driver)).expect("mkdir");
         }
-        Self { tmp, sysfs, dev, plugin_dir }
+        Self {
+            tmp,
+            sysfs,
+            dev,
+            plugin_dir,
+        }
     }
 
     fn device_dir(&self, bdf: &str) -> PathBuf {
@@ -79,14 +88,29 @@ impl FakeHost {
         let real = self.device_dir(bdf);
         std::fs::create_dir_all(&real).expect("mkdir");
         std::fs::create_dir_all(self.sysfs.join("bus/pci/devices")).expect("mkdir");
-        symlink(format!("../../../devices/pci0000:00/{bdf}"), self.sysfs.join("bus/pci/devices").join(bdf)).expect("symlink");
-        std::fs::write(real.join("numa_node"), numa.map_or("-1".to_string(), |n| n.to_string()) + "\n").expect("write");
-        let gdir = self.sysfs.join("kernel/iommu_groups").join(group.id().to_string());
+        symlink(
+            format!("../../../devices/pci0000:00/{bdf}"),
+            self.sysfs.join("bus/pci/devices").join(bdf),
+        )
+        .expect("symlink");
+        std::fs::write(
+            real.join("numa_node"),
+            numa.map_or("-1".to_string(), |n| n.to_string()) + "\n",
+        )
+        .expect("write");
+        let gdir = self
+            .sysfs
+            .join("kernel/iommu_groups")
+            .join(group.id().to_string());
         std::fs::create_dir_all(gdir.join("devices")).expect("mkdir");
         if matches!(group, Group::NoIommu(_)) {
             std::fs::write(gdir.join("name"), "vfio-noiommu\n").expect("write");
         }
-        symlink(format!("../../../kernel/iommu_groups/{}", group.id()), real.join("iommu_group")).expect("symlink");
+        symlink(
+            format!("../../../kernel/iommu_groups/{}", group.id()),
+            real.join("iommu_group"),
+        )
+        .expect("symlink");
         self.set_driver(bdf, Some("ena"));
     }
 
@@ -109,10 +133,23 @@ impl FakeHost {
     fn group_of(&self, bdf: &str) -> Group {
         let real = self.device_dir(bdf);
         let target = std::fs::read_link(real.join("iommu_group")).expect("iommu_group link");
-        let id: u32 = target.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()).expect("group id");
-        let noiommu = std::fs::read_to_string(self.sysfs.join("kernel/iommu_groups").join(id.to_string()).join("name"))
-            .is_ok_and(|n| n.trim() == "vfio-noiommu");
-        if noiommu { Group::NoIommu(id) } else { Group::Iommu(id) }
+        let id: u32 = target
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse().ok())
+            .expect("group id");
+        let noiommu = std::fs::read_to_string(
+            self.sysfs
+                .join("kernel/iommu_groups")
+                .join(id.to_string())
+                .join("name"),
+        )
+        .is_ok_and(|n| n.trim() == "vfio-noiommu");
+        if noiommu {
+            Group::NoIommu(id)
+        } else {
+            Group::Iommu(id)
+        }
     }
 
     /// What binding to vfio-pci does: the driver link, then the group's node under /dev/vfio.
@@ -120,7 +157,11 @@ impl FakeHost {
         self.set_driver(bdf, Some("vfio-pci"));
         std::fs::create_dir_all(self.dev.join("vfio")).expect("mkdir");
         std::fs::write(self.dev.join("vfio/vfio"), "").expect("write");
-        std::fs::write(self.dev.join("vfio").join(self.group_of(bdf).dev_name()), "").expect("write");
+        std::fs::write(
+            self.dev.join("vfio").join(self.group_of(bdf).dev_name()),
+            "",
+        )
+        .expect("write");
     }
 
     /// Back to the kernel driver: the group node goes away with the binding.
@@ -131,11 +172,16 @@ impl FakeHost {
 
     /// The group node disappears while the device stays bound.
     pub fn remove_vfio_node(&self, bdf: &str) {
-        std::fs::remove_file(self.dev.join("vfio").join(self.group_of(bdf).dev_name())).expect("remove node");
+        std::fs::remove_file(self.dev.join("vfio").join(self.group_of(bdf).dev_name()))
+            .expect("remove node");
     }
 
     pub fn restore_vfio_node(&self, bdf: &str) {
-        std::fs::write(self.dev.join("vfio").join(self.group_of(bdf).dev_name()), "").expect("write");
+        std::fs::write(
+            self.dev.join("vfio").join(self.group_of(bdf).dev_name()),
+            "",
+        )
+        .expect("write");
     }
 
     pub fn config(&self) -> Config {
@@ -148,7 +194,13 @@ pub fn desired(resource: &str, bdfs: &[&str]) -> DesiredState {
     let mut d = DesiredState::default();
     d.add_resource(resource);
     for bdf in bdfs {
-        d.add(resource, DesiredDevice { pci_address: bdf.to_string(), driver: DpdkDriver::VfioPci });
+        d.add(
+            resource,
+            DesiredDevice {
+                pci_address: bdf.to_string(),
+                driver: DpdkDriver::VfioPci,
+            },
+        );
     }
     d
 }
@@ -168,13 +220,26 @@ impl Plugin {
         let (desired, rx) = watch::channel(initial);
         let metrics = Metrics::new();
         let stop = CancellationToken::new();
-        let join = tokio::spawn(device_plugin::run(config, rx, metrics.clone(), None, stop.clone()));
-        Self { desired, metrics, stop, join }
+        let join = tokio::spawn(device_plugin::run(
+            config,
+            rx,
+            metrics.clone(),
+            None,
+            stop.clone(),
+        ));
+        Self {
+            desired,
+            metrics,
+            stop,
+            join,
+        }
     }
 
     pub async fn shutdown(self) {
         self.stop.cancel();
-        let result = tokio::time::timeout(Duration::from_secs(10), self.join).await.expect("plugin stops within 10s");
+        let result = tokio::time::timeout(Duration::from_secs(10), self.join)
+            .await
+            .expect("plugin stops within 10s");
         result.expect("plugin task").expect("plugin run");
     }
 }
@@ -198,22 +263,38 @@ struct KubeletRegistration {
 
 #[tonic::async_trait]
 impl Registration for KubeletRegistration {
-    async fn register(&self, request: tonic::Request<RegisterRequest>) -> Result<tonic::Response<Empty>, tonic::Status> {
+    async fn register(
+        &self,
+        request: tonic::Request<RegisterRequest>,
+    ) -> Result<tonic::Response<Empty>, tonic::Status> {
         let at = Instant::now();
         let request = request.into_inner();
         // The kubelet's own checks: supported version, extended resource name, endpoint a file name.
         if request.version != VERSION {
-            return Err(tonic::Status::invalid_argument(format!("unsupported version {:?}", request.version)));
+            return Err(tonic::Status::invalid_argument(format!(
+                "unsupported version {:?}",
+                request.version
+            )));
         }
-        if !request.resource_name.contains('/') || request.resource_name.starts_with("kubernetes.io/") {
-            return Err(tonic::Status::invalid_argument(format!("invalid resource name {:?}", request.resource_name)));
+        if !request.resource_name.contains('/')
+            || request.resource_name.starts_with("kubernetes.io/")
+        {
+            return Err(tonic::Status::invalid_argument(format!(
+                "invalid resource name {:?}",
+                request.resource_name
+            )));
         }
         if request.endpoint.contains('/') {
-            return Err(tonic::Status::invalid_argument(format!("endpoint {:?} is not a file name", request.endpoint)));
+            return Err(tonic::Status::invalid_argument(format!(
+                "endpoint {:?} is not a file name",
+                request.endpoint
+            )));
         }
         let endpoint = self.dir.join(&request.endpoint);
         let dial_back = async {
-            let channel = unix_channel(&endpoint).await.map_err(|e| format!("dial {}: {e:?}", endpoint.display()))?;
+            let channel = unix_channel(&endpoint)
+                .await
+                .map_err(|e| format!("dial {}: {e:?}", endpoint.display()))?;
             DevicePluginClient::new(channel)
                 .get_device_plugin_options(Empty {})
                 .await
@@ -221,7 +302,11 @@ impl Registration for KubeletRegistration {
                 .map_err(|s| format!("GetDevicePluginOptions: {s}"))
         }
         .await;
-        let _ = self.tx.send(Registered { request, dial_back, at });
+        let _ = self.tx.send(Registered {
+            request,
+            dial_back,
+            at,
+        });
         Ok(tonic::Response::new(Empty {}))
     }
 }
@@ -238,7 +323,13 @@ pub struct TestKubelet {
 impl TestKubelet {
     pub fn start(dir: &Path) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut k = Self { dir: dir.to_path_buf(), registrations: Mutex::new(rx), tx, stop: CancellationToken::new(), join: None };
+        let mut k = Self {
+            dir: dir.to_path_buf(),
+            registrations: Mutex::new(rx),
+            tx,
+            stop: CancellationToken::new(),
+            join: None,
+        };
         k.serve();
         k
     }
@@ -247,13 +338,19 @@ impl TestKubelet {
         let path = self.dir.join(KUBELET_SOCKET);
         let _ = std::fs::remove_file(&path);
         let listener = tokio::net::UnixListener::bind(&path).expect("bind kubelet.sock");
-        let service = KubeletRegistration { dir: self.dir.clone(), tx: self.tx.clone() };
+        let service = KubeletRegistration {
+            dir: self.dir.clone(),
+            tx: self.tx.clone(),
+        };
         let stop = CancellationToken::new();
         self.stop = stop.clone();
         self.join = Some(tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(RegistrationServer::new(service))
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), stop.cancelled_owned())
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(listener),
+                    stop.cancelled_owned(),
+                )
                 .await
                 .expect("kubelet registration server");
         }));
@@ -291,7 +388,10 @@ impl TestKubelet {
     /// The next RegisterRequest, or panic after `within`.
     pub async fn next_registration(&self, within: Duration) -> Registered {
         let mut rx = self.registrations.lock().await;
-        tokio::time::timeout(within, rx.recv()).await.expect("a Register call in time").expect("kubelet alive")
+        tokio::time::timeout(within, rx.recv())
+            .await
+            .expect("a Register call in time")
+            .expect("kubelet alive")
     }
 
     /// Registrations already received, without waiting.
@@ -306,7 +406,9 @@ impl TestKubelet {
 
     /// A DevicePlugin client on `<dir>/<endpoint>`, as the kubelet makes one.
     pub async fn plugin(&self, endpoint: &str) -> DevicePluginClient<Channel> {
-        let channel = unix_channel(&self.dir.join(endpoint)).await.expect("dial plugin");
+        let channel = unix_channel(&self.dir.join(endpoint))
+            .await
+            .expect("dial plugin");
         DevicePluginClient::new(channel)
     }
 }
@@ -316,7 +418,11 @@ impl TestKubelet {
 pub type Stream = tonic::Streaming<ListAndWatchResponse>;
 
 pub async fn list_and_watch(client: &mut DevicePluginClient<Channel>) -> Stream {
-    client.list_and_watch(Empty {}).await.expect("ListAndWatch").into_inner()
+    client
+        .list_and_watch(Empty {})
+        .await
+        .expect("ListAndWatch")
+        .into_inner()
 }
 
 /// The next list, or panic after `within` (or if the stream ends).
@@ -330,7 +436,11 @@ pub async fn next_list(stream: &mut Stream, within: Duration) -> Vec<Device> {
 }
 
 /// Reads updates until one satisfies `pred`.
-pub async fn wait_list(stream: &mut Stream, within: Duration, pred: impl Fn(&[Device]) -> bool) -> Vec<Device> {
+pub async fn wait_list(
+    stream: &mut Stream,
+    within: Duration,
+    pred: impl Fn(&[Device]) -> bool,
+) -> Vec<Device> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -355,5 +465,23 @@ pub async fn assert_still_open(stream: &mut Stream, for_: Duration) {
 }
 
 pub fn health_of<'a>(devices: &'a [Device], id: &str) -> Option<&'a str> {
-    devices.iter().find(|d| d.id == id).map(|d| d.health.as_str())
+    devices
+        .iter()
+        .find(|d| d.id == id)
+        .map(|d| d.health.as_str())
+}
+
+// ---------------------------------------------------------------- HTTP
+
+/// `GET <path>` over HTTP/1.1 with `Connection: close`; the raw response.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await?;
+    Ok(response)
 }
