@@ -214,6 +214,16 @@ fn free_port() -> u16 {
         .unwrap_or(18080)
 }
 
+/// User + system CPU seconds of a process, from /proc/<pid>/stat.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = text.lines().find(|l| l.starts_with(field))?;
@@ -405,6 +415,7 @@ async fn bench(nodes: usize, per_node: usize, concurrency: usize) -> Result<(), 
     let resync_writes = controller_writes(&cp).len() - writes.len();
     let hwm_kib = proc_status_kib(pid, "VmHWM:").unwrap_or(0);
     let rss_kib = proc_status_kib(pid, "VmRSS:").unwrap_or(0);
+    let cpu = cpu_seconds(pid).unwrap_or(0.0);
     let metrics = http_get(port, "/metrics")
         .map(|(_, b)| b)
         .unwrap_or_default();
@@ -484,6 +495,7 @@ async fn bench(nodes: usize, per_node: usize, concurrency: usize) -> Result<(), 
         rss_idle_kib as f64 / 1024.0,
         rss_kib as f64 / 1024.0
     );
+    println!("| controller CPU time, whole run (user + system) | {cpu:.1} s |");
     println!(
         "| verified: nodes labelled, NodeENIs enabled, DPDKNodeStates | {labelled}, {enabled}, {state_count} |"
     );

@@ -442,7 +442,10 @@ impl Reconciler {
             server_conflicts: server_conflicts.iter().collect(),
         };
         let planned = plan::plan(&snapshot, &self.settings, Timestamp::now());
+        // The plan owns its data. Holding the snapshot through a long pass would keep the
+        // old version of every object the pass rewrites alive next to the new one.
         drop(snapshot);
+        drop((configs, nodes, node_enis, node_states, server_conflicts));
         self.record_stats(&planned.stats);
 
         // Skip writes whose object still shows an older version than one we wrote.
