@@ -106,6 +106,15 @@ pub fn apply_body(o: &ManifestObject, source_label: &str, revision: &str) -> Val
     body
 }
 
+/// `body` without the revision annotation, for the "already applied?" comparison.
+fn without_revision(body: &Value) -> Value {
+    let mut b = body.clone();
+    if let Some(a) = b.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
+        a.remove(labels::REVISION_ANNOTATION);
+    }
+    b
+}
+
 /// True when every field of `want` is present in `have` with the same value (lists must
 /// match element by element).
 pub fn contains(have: &Value, want: &Value) -> bool {
@@ -167,7 +176,11 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     });
                     continue;
                 }
-                if contains(&live.value, &body) {
+                // Unchanged content is not rewritten just to bump the revision annotation:
+                // the annotation records the revision the object's content last came from,
+                // and a commit that leaves an object alone costs no write (nor a cascade of
+                // DPDK controller status updates).
+                if contains(&live.value, &without_revision(&body)) {
                     out.unchanged.push(o.name.clone());
                 } else {
                     out.apply.push((o.name.clone(), body));
@@ -336,7 +349,7 @@ mod tests {
             json!("prod/a.yaml")
         );
 
-        // A new revision re-applies b (its revision annotation changes); prune=false keeps gone.
+        // A new revision that leaves b as it is does not rewrite b; prune=false keeps gone.
         let p = plan(&PlanInput {
             source_label: "ns.src",
             revision: "main@sha1:2",
@@ -345,8 +358,22 @@ mod tests {
             inventory: &inventory,
             prune: false,
         });
-        assert_eq!(p.apply.len(), 2);
+        assert_eq!(p.apply.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), vec!["a"]);
+        assert_eq!(p.unchanged, vec!["b"]);
         assert!(p.prune.is_empty());
+        // A changed spec or a moved file is applied (with the new revision).
+        let mut moved = desired[1].clone();
+        moved.file = "prod/elsewhere.yaml".into();
+        let p = plan(&PlanInput {
+            source_label: "ns.src",
+            revision: "main@sha1:2",
+            desired: std::slice::from_ref(&moved),
+            live: &live_objs,
+            inventory: &[],
+            prune: false,
+        });
+        assert_eq!(p.apply.len(), 1);
+        assert_eq!(p.apply[0].1["metadata"]["annotations"][labels::REVISION_ANNOTATION], json!("main@sha1:2"));
     }
 
     #[test]
