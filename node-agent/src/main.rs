@@ -21,10 +21,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Keep the modules loaded, bind and unbind devices per the node's DPDKNodeState, report status (container monitor).
-    Run(dpdk_node_agent::agent::RunArgs),
     /// Load and verify the DPDK kernel modules, then label the node dpdk.aws.k8s/ready=true (init container driver-loader).
     Load(dpdk_node_agent::commands::LoadArgs),
+    /// Keep the modules loaded, bind and unbind devices per the node's DPDKNodeState, report status (container monitor).
+    Run(dpdk_node_agent::agent::RunArgs),
     /// One-shot: bind devices by PCI address or ENI ID, without an API server (debugging; the QEMU test).
     Bind(dpdk_node_agent::commands::BindArgs),
     /// One-shot: give journaled devices back to their original drivers.
@@ -42,8 +42,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
     match cli.command {
-        Cmd::Run(args) => dpdk_node_agent::agent::run_main(args),
         Cmd::Load(args) => dpdk_node_agent::commands::load_main(args),
+        Cmd::Run(args) => dpdk_node_agent::agent::run_main(args),
         Cmd::Bind(args) => dpdk_node_agent::commands::bind_main(args),
         Cmd::Unbind(args) => dpdk_node_agent::commands::unbind_main(args),
         Cmd::DevicePlugin(args) => dpdk_node_agent::device_plugin::cli::main(args),

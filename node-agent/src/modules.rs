@@ -246,16 +246,20 @@ pub fn ensure_loaded(host: &ModuleHost<'_>, config: &ModuleConfig) -> Result<Loa
     let index = ModuleIndex::load(host.host_root, host.release)?;
     let mut loaded = Vec::new();
     let mut notes = Vec::new();
+    // Resolve every module first: a missing one fails before anything is loaded.
+    let mut plan = Vec::new();
     for req in requests_for(config) {
         let present = host.sysfs.module_present(req.name) || index.is_builtin(req.name);
         if present {
             continue;
         }
-        let files = match index.load_order(req.name) {
-            Ok(f) => f,
+        match index.load_order(req.name) {
+            Ok(files) => plan.push((req, files)),
             Err(_) if req.optional => continue,
             Err(e) => return Err(e),
-        };
+        }
+    }
+    for (req, files) in plan {
         for file in files {
             if host.sysfs.module_present(&file.name) {
                 continue;

@@ -1,5 +1,5 @@
 //! The `run` loop against a real kube-apiserver, as the agent's ServiceAccount with the RBAC
-//! of deploy/rbac/node-agent.yaml, on a fake node (sysfs tree + kernel model + IMDS stub):
+//! of deploy/dpdk-operator.yaml, on a fake node (sysfs tree + kernel model + IMDS stub):
 //! - it reports DPDKNodeState.status and the dpdk* fields of its NodeENI attachments while
 //!   a simulated Multi-ENI Controller rewrites the attachments at the same time, and none of
 //!   the controller's fields (nor the other node's element) is lost;
@@ -52,19 +52,8 @@ fn kernel(node: &FakeNode) -> &KernelModel {
 }
 
 fn apply_rbac(cp: &ControlPlane) {
-    let file = dpdk_testenv::control_plane::workspace_root().join("deploy/rbac/node-agent.yaml");
-    let out = cp
-        .kubectl()
-        .args(["apply", "-f"])
-        .arg(&file)
-        .output()
-        .expect("kubectl runs");
-    assert!(
-        out.status.success(),
-        "applying {}: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let file = dpdk_testenv::control_plane::workspace_root().join("deploy/dpdk-operator.yaml");
+    cp.kubectl_apply_once(&file).expect("node-agent RBAC applies");
 }
 
 fn agent(

@@ -146,6 +146,35 @@ impl ControlPlane {
         c
     }
 
+    /// `kubectl apply -f <file>`, once per file for the life of this process.
+    ///
+    /// Tests in one binary share a control plane and run in parallel; two concurrent
+    /// client-side applies of the same new object race (the loser gets AlreadyExists), so
+    /// applies are serialised and remembered.
+    pub fn kubectl_apply_once(&self, file: &Path) -> Result<()> {
+        static APPLIED: Mutex<Vec<(PathBuf, PathBuf)>> = Mutex::new(Vec::new());
+        let mut applied = APPLIED.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (self.kubeconfig.clone(), file.to_path_buf());
+        if applied.contains(&key) {
+            return Ok(());
+        }
+        let out = self
+            .kubectl()
+            .args(["apply", "-f"])
+            .arg(file)
+            .output()
+            .map_err(io_err(&self.bins.kubectl))?;
+        if !out.status.success() {
+            return Err(Error::Other(format!(
+                "kubectl apply -f {}: {}",
+                file.display(),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        applied.push(key);
+        Ok(())
+    }
+
     /// A client with cluster-admin rights (O=system:masters).
     pub async fn client(&self) -> Result<Client> {
         Ok(Client::try_from(self.config().await?)?)

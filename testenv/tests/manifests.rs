@@ -61,6 +61,12 @@ async fn deploy_installs_on_an_empty_cluster_and_rbac_is_least_privilege() {
     assert_eq!(dp, r#"sriov-device-plugin {"dpdk.aws.k8s/ready":"true"}"#);
     let dep = ok(&cp, &["get", "deployment", "-n", "dpdk-operator", "-l", "app=dpdk-controller", "-o", "jsonpath={.items[0].metadata.name} {.items[0].spec.replicas}"]);
     assert_eq!(dep, "dpdk-controller 2");
+    // The agent finds the host's modules and kernel config under --host-root=/host, read-only.
+    let mounts = ok(&cp, &["get", "daemonset", "dpdk-driver-loader", "-n", "dpdk-operator", "-o", "jsonpath={range .spec.template.spec.initContainers[*]}{.name}:{.args}:{range .volumeMounts[*]}{.mountPath}={.readOnly},{end};{end}{range .spec.template.spec.containers[*]}{.name}:{.args}:{range .volumeMounts[*]}{.mountPath}={.readOnly},{end};{end}"]);
+    for container in mounts.split(';').filter(|c| !c.is_empty()) {
+        assert!(container.contains("--host-root=/host"), "{container}");
+        assert!(container.contains("/host/lib/modules=true,") && container.contains("/host/boot=true,"), "modules and kernel config must be mounted read-only under the host root: {container}");
+    }
     // The device plugin is not privileged; only the node agent's containers are.
     let privileged = ok(&cp, &["get", "daemonset", "sriov-device-plugin", "-n", "dpdk-operator", "-o", "jsonpath={.spec.template.spec.containers[0].securityContext.privileged}"]);
     assert_eq!(privileged, "false");
@@ -92,6 +98,7 @@ async fn deploy_installs_on_an_empty_cluster_and_rbac_is_least_privilege() {
     assert!(!can(&cp, "dpdk-node-agent", &["patch", "dpdknodestates.networking.k8s.aws"]));
     assert!(!can(&cp, "dpdk-node-agent", &["patch", "dpdkconfigs.networking.k8s.aws"]));
     assert!(!can(&cp, "dpdk-node-agent", &["patch", "nodeenis.networking.k8s.aws"]));
+    assert!(!can(&cp, "dpdk-node-agent", &["list", "dpdknodestates.networking.k8s.aws"]), "the agent follows its own node state by name, it does not list");
     assert!(!can(&cp, "dpdk-device-plugin", &["patch", "nodes"]));
     assert!(!can(&cp, "dpdk-device-plugin", &["get", "secrets", "-n", "dpdk-operator"]));
     drop(cp);
