@@ -150,7 +150,18 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
 
     step(&format!("waiting for the Git revision main@sha1:{sha} to be applied and the nodes to be configured"));
     converge(&client, &format!("main@sha1:{sha}"), opts.nodes, &mut children).await?;
+    step("recording the DaemonSets' pods (no kubelet runs here: the simulate processes do their work)");
+    crate::workload_pods::record(&client, "dpdk-operator").await?;
     tour(&cp, &root, &node_names)?;
+    let summary = drift_summary(http_port).await?;
+    println!("$ curl -s http://127.0.0.1:{http_port}/drift | jq -c .summary");
+    println!("{summary}");
+    if let Ok(Some(diff)) = http_get(http_port, "/drift.diff").await {
+        println!("$ curl -s http://127.0.0.1:{http_port}/drift.diff | head -20");
+        for line in diff.lines().take(20) {
+            println!("{line}");
+        }
+    }
     println!("reconciler log: {}", log_path.display());
     for (name, log) in &node_logs {
         println!("{:<16}{}", format!("{name}:"), log.display());
@@ -349,11 +360,49 @@ fn tour(cp: &ControlPlane, root: &Path, nodes: &[String]) -> Result<()> {
     }
     println!("$ kubectl describe dpdkconfig default-dpdk-config");
     print!("{}", kubectl(cp, &["describe", "dpdkconfig", "default-dpdk-config"])?);
-    // No kubelet or scheduler runs here, so the DaemonSets have no pods; their processes are
-    // the simulated nodes' agents and device plugins (logs below).
+    // The seed's check. No kubelet runs here: the pods are recorded by the demo
+    // (workload_pods) for the simulated agents and device plugins, whose logs are below.
+    println!("$ kubectl get pods -n dpdk-operator -o wide");
+    print!("{}", kubectl(cp, &["get", "pods", "-n", "dpdk-operator", "-o", "wide"])?);
     println!("$ kubectl get daemonsets,deployments -n dpdk-operator");
     print!("{}", kubectl(cp, &["get", "daemonsets,deployments", "-n", "dpdk-operator"])?);
     println!();
     println!("examples-repo: {}", root.join("examples-repo").display());
     Ok(())
+}
+
+/// The drift report's summary from the reconciler's endpoint, once its snapshot has seen
+/// the converged cluster (it recomputes on watch events, so this waits briefly). The node
+/// layer may still report what a node cannot do (the seed asks for write-combining, which
+/// the simulated vfio-pci, like mainline, does not have).
+async fn drift_summary(port: u16) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = http_get(port, "/drift").await;
+        if let Ok(Some(body)) = &body
+            && let Ok(report) = serde_json::from_str::<serde_json::Value>(body)
+        {
+            let summary = report.get("summary").cloned().unwrap_or_default();
+            let layer = |l: &str| summary.pointer(&format!("/byLayer/{l}")).and_then(serde_json::Value::as_u64);
+            if (layer("git-cluster") == Some(0) && layer("cluster-nodeeni") == Some(0)) || Instant::now() > deadline {
+                return Ok(summary.to_string());
+            }
+        } else if Instant::now() > deadline {
+            return Err(Error::Other(format!("GET http://127.0.0.1:{port}/drift: {body:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback (one request, then close): the body on 200, None on
+/// another status.
+async fn http_get(port: u16, path: &str) -> std::io::Result<Option<String>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else { return Ok(None) };
+    Ok(head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
 }

@@ -16,6 +16,7 @@ pub mod demo;
 pub mod fixtures;
 pub mod git_server;
 mod process;
+pub mod workload_pods;
 
 pub use binaries::{Binaries, ensure_binaries};
 pub use control_plane::{ControlPlane, StartOptions, shared, unique_name};

@@ -57,6 +57,28 @@ fn demo_once_converges_and_prints_the_tour() {
     for node in nodes {
         assert!(config.contains(node), "the config's status does not list {node}:\n{config}");
     }
+    // The seed's `kubectl get pods -n dpdk-operator`: each node has its agent and device plugin pod.
+    let pods = section(&stdout, "$ kubectl get pods -n dpdk-operator -o wide");
+    for node in nodes {
+        for ds in ["dpdk-driver-loader-", "sriov-device-plugin-"] {
+            let row = pods
+                .lines()
+                .find(|l| l.starts_with(ds) && l.contains(node))
+                .unwrap_or_else(|| panic!("no {ds}* pod on {node}:\n{pods}"));
+            assert!(row.contains("Running"), "{row}");
+        }
+    }
+    let daemonsets = section(&stdout, "$ kubectl get daemonsets,deployments -n dpdk-operator");
+    let loader = daemonsets.lines().find(|l| l.starts_with("daemonset.apps/dpdk-driver-loader")).unwrap_or_else(|| panic!("{daemonsets}"));
+    assert_eq!(loader.split_whitespace().nth(1), Some("3"), "desired pods: {loader}");
+    // The drift endpoint answers. Git and the cluster agree after convergence; the node layer
+    // reports, per node, the write-combining the seed's config asks for and the simulated
+    // vfio-pci (like mainline) cannot give, with the node named in the diff headers.
+    let drift = section(&stdout, "$ curl -s http://127.0.0.1:");
+    assert!(drift.contains("\"git-cluster\":0") && drift.contains("\"cluster-nodeeni\":0"), "{drift}");
+    assert!(drift.contains("\"byKind\":{\"writeCombining\":3}"), "{drift}");
+    let diff = &stdout[stdout.find("/drift.diff | head").unwrap_or_else(|| panic!("no drift diff in the tour:\n{stdout}"))..];
+    assert!(nodes.iter().any(|n| diff.contains(n)), "node-layer headers name the node:\n{diff}");
     assert!(stdout.contains("drift:          http://127.0.0.1:"), "{stdout}");
     assert!(stdout.contains("/drift (also /drift.diff, /drift.patch?source=dpdk-operator/platform-dpdk)"), "{stdout}");
     assert!(stdout.contains("node agents:    /"), "{stdout}");
