@@ -121,6 +121,10 @@ fn trim_fields<S: AsRef<str>>(fields: &Value, paths: &[&[S]]) -> Value {
     out
 }
 
+/// A `keep_manager` for [`trim_managed_fields`] that matches no manager: only entries owning
+/// the given paths survive.
+pub const NO_MANAGER: &str = "\u{0}";
+
 /// Shrinks `metadata.managedFields` for caching: entries of `keep_manager` are kept
 /// (with their fields trimmed to `paths`), other entries only when they own one of
 /// `paths`, trimmed the same way. Ownership answers for `paths` are unchanged.

@@ -100,12 +100,19 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
 
     let http_port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(io_err_demo)?.port();
     let reconciler = sibling_binary("dpdk-reconciler")?;
-    step(&format!("starting the reconciler ({} run) against the local control plane", reconciler.display()));
+    step(&format!(
+        "starting the reconciler ({} run) against the local control plane as ServiceAccount dpdk-operator/dpdk-controller",
+        reconciler.display()
+    ));
     let log_path = scratch.path().join("dpdk-reconciler.log");
     let log = std::fs::File::create(&log_path).map_err(io_err_demo)?;
+    // As the Deployment runs it: with its ServiceAccount's RBAC from deploy/ (Git source,
+    // controller, drift and leader election all go through it).
+    let controller_kubeconfig = scratch.path().join("dpdk-controller.kubeconfig");
+    write_service_account_kubeconfig(cp.kubeconfig_path(), "dpdk-operator", "dpdk-controller", &controller_kubeconfig)?;
     let mut cmd = Command::new(&reconciler);
     cmd.args(["run", &format!("--http-addr=127.0.0.1:{http_port}"), &format!("--source-cache-dir={}", scratch.path().join("cache").display())])
-        .env("KUBECONFIG", cp.kubeconfig_path())
+        .env("KUBECONFIG", &controller_kubeconfig)
         // Plain text in the log files.
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())

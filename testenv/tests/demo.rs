@@ -10,6 +10,10 @@ fn demo_once_converges_and_prints_the_tour() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo --once failed:\n{stdout}\n{stderr}");
     assert!(stderr.contains("[demo] starting the local control plane"), "no progress shown:\n{stderr}");
+    // Every component runs with its ServiceAccount's RBAC from deploy/.
+    for sa in ["dpdk-controller", "dpdk-node-agent", "dpdk-device-plugin"] {
+        assert!(stderr.contains(&format!("as ServiceAccount dpdk-operator/{sa}")), "{sa}:\n{stderr}");
+    }
     assert!(stdout.contains("$ kubectl get dpdkconfigs,dpdknodestates"), "{stdout}");
     assert!(stdout.contains("default-dpdk-config"), "the seed's config is missing from the tour:\n{stdout}");
     assert!(stdout.contains("daemonset.apps/dpdk-driver-loader"), "{stdout}");

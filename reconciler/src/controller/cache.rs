@@ -157,20 +157,17 @@ fn trim_config(c: &mut DPDKConfig) {
     }
 }
 
-/// No manager is kept for its own sake: only entries owning the given paths survive.
-const NO_MANAGER: &str = "\u{0}";
-
 fn trim_node(n: &mut PartialObjectMeta<Node>) {
     let label = ssa::enabled_label_path();
     let paths: [&[String]; 1] = [&label];
-    ssa::trim_managed_fields(&mut n.metadata, NO_MANAGER, &paths);
+    ssa::trim_managed_fields(&mut n.metadata, ssa::NO_MANAGER, &paths);
     n.metadata.annotations = None;
     n.metadata.owner_references = None;
 }
 
 fn trim_node_eni(e: &mut NodeENI) {
     let paths: Vec<&[&str]> = ssa::NODEENI_PATHS.iter().map(|p| p.as_slice()).collect();
-    ssa::trim_managed_fields(&mut e.metadata, NO_MANAGER, &paths);
+    ssa::trim_managed_fields(&mut e.metadata, ssa::NO_MANAGER, &paths);
     e.metadata.annotations = None;
     if let Some(st) = e.status.as_mut() {
         for a in st.attachments.iter_mut() {

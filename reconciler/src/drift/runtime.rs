@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use dpdk_bridge::api::{DPDKConfig, DPDKNodeState, NodeENI};
+use dpdk_bridge::labels::CONTROLLER_MANAGER;
+use dpdk_bridge::ssa;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
@@ -224,13 +226,39 @@ struct Caches {
     node_states: Store<DPDKNodeState>,
 }
 
-fn spawn_reflector<K, S>(stream: S, writer: reflector::store::Writer<K>, trigger: Arc<Notify>, stop: CancellationToken)
+// The caches keep what the engine and the planner (layer 2) read. managedFields are most
+// of an object's size and only the ownership the planner asks about matters; without this
+// the drift caches held several times the controller's (trimmed) caches in big clusters.
+fn trim_config(c: &mut DPDKConfig) {
+    let paths: [&[&str]; 1] = [&["f:metadata", "f:finalizers"]];
+    ssa::trim_managed_fields(&mut c.metadata, CONTROLLER_MANAGER, &paths);
+}
+
+fn trim_node(n: &mut PartialObjectMeta<Node>) {
+    let label = ssa::enabled_label_path();
+    let paths: [&[String]; 1] = [&label];
+    ssa::trim_managed_fields(&mut n.metadata, ssa::NO_MANAGER, &paths);
+    // Only labels are compared (selectors); node annotations can be large.
+    n.metadata.annotations = None;
+}
+
+fn trim_node_eni(e: &mut NodeENI) {
+    let paths: Vec<&[&str]> = ssa::NODEENI_PATHS.iter().map(|p| p.as_slice()).collect();
+    ssa::trim_managed_fields(&mut e.metadata, ssa::NO_MANAGER, &paths);
+}
+
+fn trim_node_state(s: &mut DPDKNodeState) {
+    let none: [&[&str]; 0] = [];
+    ssa::trim_managed_fields(&mut s.metadata, CONTROLLER_MANAGER, &none);
+}
+
+fn spawn_reflector<K, S>(stream: S, writer: reflector::store::Writer<K>, trim: fn(&mut K), trigger: Arc<Notify>, stop: CancellationToken)
 where
     K: Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Default,
     S: Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static,
 {
-    let stream = stream.default_backoff().reflect(writer);
+    let stream = stream.default_backoff().modify(trim).reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         loop {
@@ -254,10 +282,10 @@ fn start_watches(client: &Client, trigger: &Arc<Notify>, stop: &CancellationToke
     let (node_enis, w_enis) = reflector::store();
     let (node_states, w_states) = reflector::store();
     let cfg = watcher::Config::default;
-    spawn_reflector(watcher(Api::<DPDKConfig>::all(client.clone()), cfg()), w_configs, trigger.clone(), stop.clone());
-    spawn_reflector(watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), cfg()), w_nodes, trigger.clone(), stop.clone());
-    spawn_reflector(watcher(Api::<NodeENI>::all(client.clone()), cfg()), w_enis, trigger.clone(), stop.clone());
-    spawn_reflector(watcher(Api::<DPDKNodeState>::all(client.clone()), cfg()), w_states, trigger.clone(), stop.clone());
+    spawn_reflector(watcher(Api::<DPDKConfig>::all(client.clone()), cfg()), w_configs, trim_config, trigger.clone(), stop.clone());
+    spawn_reflector(watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), cfg()), w_nodes, trim_node, trigger.clone(), stop.clone());
+    spawn_reflector(watcher(Api::<NodeENI>::all(client.clone()), cfg()), w_enis, trim_node_eni, trigger.clone(), stop.clone());
+    spawn_reflector(watcher(Api::<DPDKNodeState>::all(client.clone()), cfg()), w_states, trim_node_state, trigger.clone(), stop.clone());
     Caches { configs, nodes, node_enis, node_states }
 }
 
@@ -326,9 +354,12 @@ pub async fn run(client: Client, git: Arc<dyn GitProvider>, opts: DriftOptions, 
             _ = trigger.notified() => {}
             r = git_rx.changed(), if git_open => if r.is_err() { git_open = false; },
         }
+        // Coalesce bursts, and never spend more than about a fifth of the time recomputing:
+        // while a large rollout writes thousands of objects, the report follows at a pace
+        // the controller and the API server do not feel.
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(opts.debounce) => {}
+            _ = tokio::time::sleep(opts.debounce.max(took * 4)) => {}
         }
     }
 }
