@@ -328,6 +328,8 @@ async fn bench(nodes: usize, per_node: usize, concurrency: usize) -> Result<(), 
         ])
         .arg(format!("--http-addr=127.0.0.1:{port}"))
         .arg(format!("--concurrency={concurrency}"))
+        // Extra flags for side-by-side runs, e.g. DPDK_BENCH_RECONCILER_ARGS=--no-drift.
+        .args(std::env::var("DPDK_BENCH_RECONCILER_ARGS").unwrap_or_default().split_whitespace())
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

@@ -60,6 +60,11 @@ struct RunArgs {
     controller: dpdk_reconciler::controller::ControllerArgs,
     #[command(flatten)]
     sources: dpdk_reconciler::source::SourceArgs,
+    /// Do not compute drift or serve /drift*: saves the drift runtime's own caches of
+    /// DPDKConfigs, Nodes, NodeENIs and DPDKNodeStates (about half the memory of a
+    /// 1000-node rollout, BENCHMARKS.md); `dpdk-reconciler diff` still works from outside.
+    #[arg(long)]
+    no_drift: bool,
 }
 
 /// `run`: the HTTP server and the controller until SIGTERM or SIGINT.
@@ -97,8 +102,12 @@ async fn run(args: RunArgs) -> Result<(), dpdk_reconciler::Error> {
     let source_routes = sources.webhook_routes();
     // Drift (read-only): recomputed on watch events and new source revisions; /drift* routes.
     let drift = dpdk_reconciler::drift::runtime::DriftState::new();
-    drift.metrics.register(&mut registry);
-    let drift_routes = dpdk_reconciler::drift::http::routes(drift.clone());
+    let drift_routes = if args.no_drift {
+        axum::Router::new()
+    } else {
+        drift.metrics.register(&mut registry);
+        dpdk_reconciler::drift::http::routes(drift.clone())
+    };
     let drift_git = Arc::new(sources.store());
     let health = server::Health::new();
     let listener = server::bind(&args.http_addr).await?;
@@ -107,7 +116,11 @@ async fn run(args: RunArgs) -> Result<(), dpdk_reconciler::Error> {
     let app = server::router(server::AppState { registry: Arc::new(registry), health: health.clone() }, vec![source_routes, drift_routes]);
     let http = tokio::spawn(server::serve(listener, app, shutdown.clone()));
     let source_task = tokio::spawn(sources.run(shutdown.clone().cancelled_owned()));
-    let drift_task = tokio::spawn(dpdk_reconciler::drift::runtime::run(client.clone(), drift_git, Default::default(), drift, shutdown.clone()));
+    let drift_task = if args.no_drift {
+        tokio::spawn(async {})
+    } else {
+        tokio::spawn(dpdk_reconciler::drift::runtime::run(client.clone(), drift_git, Default::default(), drift, shutdown.clone()))
+    };
     let telemetry = controller::Telemetry { metrics: controller_metrics, health };
     let result = controller::run_with(client, opts, telemetry, shutdown.clone()).await;
     shutdown.cancel();

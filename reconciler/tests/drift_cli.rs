@@ -188,3 +188,43 @@ async fn the_run_binary_serves_drift() {
     assert!(metrics.contains("dpdk_drift_findings{layer=\"git-cluster\",kind=\"modified\"}"), "{metrics}");
     let _ = dpdk_testenv::shared().kubectl().args(["delete", "dpdkconfig", &name, "--wait=false"]).output();
 }
+
+/// `run --no-drift`: no drift runtime, no /drift* routes, no drift metrics; the rest serves.
+#[tokio::test]
+async fn run_without_drift_serves_no_drift_endpoints() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cp = dpdk_testenv::shared();
+    let dirs = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dpdk-reconciler"));
+    cmd.args(["run", "--no-drift", "--http-addr", &format!("127.0.0.1:{port}"), "--no-leader-election", "--source-namespace", "no-such-namespace"])
+        .arg("--source-cache-dir")
+        .arg(dirs.path().join("cache"))
+        .env("KUBECONFIG", cp.kubeconfig_path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _run = Kill(cmd.spawn().expect("run starts"));
+    let get = |path: &'static str| async move {
+        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return (0u16, String::new()) };
+        let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await;
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let metrics = loop {
+        let (status, body) = get("/metrics").await;
+        if status == 200 {
+            break body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the HTTP server never came up");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(metrics.contains("dpdk_controller_"), "the controller's metrics are served:\n{metrics}");
+    assert!(!metrics.contains("dpdk_drift_"), "no drift metrics without the drift runtime:\n{metrics}");
+    for path in ["/drift", "/drift.diff", "/drift.patch"] {
+        assert_eq!(get(path).await.0, 404, "{path}");
+    }
+}
