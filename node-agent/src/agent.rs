@@ -134,7 +134,7 @@ pub fn run_main(args: RunArgs) -> ExitCode {
         let shutdown = CancellationToken::new();
         let signal = shutdown.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            crate::signals::wait_for_signal().await;
             info!(
                 "shutting down; devices stay bound (a rolling upgrade must not disturb DPDK pods)"
             );
@@ -147,21 +147,6 @@ pub fn run_main(args: RunArgs) -> ExitCode {
         Err(e) => {
             error!(error = %e, "run failed");
             ExitCode::FAILURE
-        }
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

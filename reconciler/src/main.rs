@@ -61,7 +61,7 @@ struct RunArgs {
     #[command(flatten)]
     sources: dpdk_reconciler::source::SourceArgs,
     /// Do not compute drift or serve /drift*: saves the drift runtime's own caches of
-    /// DPDKConfigs, Nodes, NodeENIs and DPDKNodeStates (about half the memory of a
+    /// DPDKConfigs, Nodes, NodeENIs and DPDKNodeStates (more than half the peak memory of a
     /// 1000-node rollout, BENCHMARKS.md); `dpdk-reconciler diff` still works from outside.
     #[arg(long)]
     no_drift: bool,

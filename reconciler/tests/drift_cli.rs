@@ -99,7 +99,6 @@ async fn the_run_binary_serves_drift() {
     use k8s_openapi::api::core::v1::Namespace;
     use kube::Api;
     use kube::api::{ObjectMeta, PostParams};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let cp = dpdk_testenv::shared();
     let client = cp.client().await.expect("client");
@@ -137,15 +136,7 @@ async fn the_run_binary_serves_drift() {
     .expect("json");
     Api::<dpdk_bridge::api::DPDKConfigSource>::namespaced(client.clone(), &ns).create(&PostParams::default(), &src).await.expect("create source");
 
-    let get = |path: String| async move {
-        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return (0u16, String::new()) };
-        let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await;
-        let mut buf = Vec::new();
-        let _ = s.read_to_end(&mut buf).await;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
-    };
+    let get = |path: String| http_get(port, path);
     let name = format!("{prefix}one");
     let wait = |what: &'static str, pred: Box<dyn Fn(u16, &str) -> bool>, path: String| {
         let get = get.clone();
@@ -192,7 +183,6 @@ async fn the_run_binary_serves_drift() {
 /// `run --no-drift`: no drift runtime, no /drift* routes, no drift metrics; the rest serves.
 #[tokio::test]
 async fn run_without_drift_serves_no_drift_endpoints() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let cp = dpdk_testenv::shared();
     let dirs = tempfile::tempdir().expect("tempdir");
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
@@ -204,15 +194,7 @@ async fn run_without_drift_serves_no_drift_endpoints() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let _run = Kill(cmd.spawn().expect("run starts"));
-    let get = |path: &'static str| async move {
-        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return (0u16, String::new()) };
-        let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await;
-        let mut buf = Vec::new();
-        let _ = s.read_to_end(&mut buf).await;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
-    };
+    let get = |path: &'static str| http_get(port, path.to_string());
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     let metrics = loop {
         let (status, body) = get("/metrics").await;
@@ -227,4 +209,16 @@ async fn run_without_drift_serves_no_drift_endpoints() {
     for path in ["/drift", "/drift.diff", "/drift.patch"] {
         assert_eq!(get(path).await.0, 404, "{path}");
     }
+}
+
+/// One GET on loopback: (status, body); (0, "") while nothing listens.
+async fn http_get(port: u16, path: String) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return (0, String::new()) };
+    let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
 }

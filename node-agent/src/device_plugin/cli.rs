@@ -90,7 +90,7 @@ pub async fn run(args: DevicePluginArgs) -> Result<(), Error> {
     let stop = CancellationToken::new();
     let signals = stop.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        crate::signals::wait_for_signal().await;
         tracing::info!("shutting down");
         signals.cancel();
     });
@@ -121,21 +121,6 @@ pub async fn run(args: DevicePluginArgs) -> Result<(), Error> {
     });
     tracing::info!(node = %args.node_name, plugin_dir = %args.plugin_dir.display(), "device plugin starting");
     manager::run(config, desired_rx, metrics, reporter, stop).await
-}
-
-async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the plugin");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
 
 #[cfg(test)]

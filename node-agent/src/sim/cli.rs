@@ -117,7 +117,7 @@ pub async fn run(args: SimulateArgs) -> Result<(), SimError> {
     let stop = CancellationToken::new();
     let signals = stop.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        crate::signals::wait_for_signal().await;
         info!("shutting down; devices stay bound");
         signals.cancel();
     });
@@ -394,17 +394,3 @@ async fn run_device_plugin(
     result.and(stopped)
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}

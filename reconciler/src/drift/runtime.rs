@@ -337,16 +337,18 @@ pub async fn run(client: Client, git: Arc<dyn GitProvider>, opts: DriftOptions, 
     }
     let mut git_rx = git.subscribe();
     let mut git_open = true;
-    let mut previous: Option<DriftReport> = None;
     loop {
         let started = Instant::now();
         let now = Timestamp::now();
         let sources = git_sources(git.as_ref(), &opts);
         let live = live_objects(&caches, &opts);
-        let snap = Snapshot::build(&sources, &live, now, previous.as_ref());
+        // `since` carries over from the snapshot being served; no second copy of a report
+        // (during a rollout a report holds a finding per NodeENI and node).
+        let previous = state.latest();
+        let snap = Snapshot::build(&sources, &live, now, previous.as_ref().map(|p| &p.report));
+        drop((previous, live, sources));
         let took = started.elapsed();
         tracing::debug!(findings = snap.report.summary.total, took_ms = took.as_millis() as u64, "drift recomputed");
-        previous = Some(snap.report.clone());
         state.publish(snap, took, now);
 
         tokio::select! {
