@@ -62,18 +62,9 @@ fn preload(node: &FakeNode) {
 
 /// A kubeconfig that acts as the node agent's ServiceAccount (impersonation).
 fn service_account_kubeconfig(cp: &ControlPlane, dir: &Path) -> PathBuf {
-    let admin = std::fs::read_to_string(cp.kubeconfig_path()).expect("kubeconfig");
-    let mut out = String::new();
-    for line in admin.lines() {
-        out.push_str(line);
-        out.push('\n');
-        if line.trim_start().starts_with("client-key:") {
-            out.push_str("    as: system:serviceaccount:dpdk-operator:dpdk-node-agent\n");
-            out.push_str("    as-groups:\n    - system:serviceaccounts\n    - system:serviceaccounts:dpdk-operator\n    - system:authenticated\n");
-        }
-    }
     let path = dir.join("sa-kubeconfig");
-    std::fs::write(&path, out).expect("write kubeconfig");
+    cp.write_service_account_kubeconfig("dpdk-operator", "dpdk-node-agent", &path)
+        .expect("write kubeconfig");
     path
 }
 

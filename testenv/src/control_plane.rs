@@ -175,6 +175,28 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// A copy of the admin kubeconfig that impersonates the ServiceAccount `namespace/name`
+    /// with the groups the API server gives its tokens (`as`/`as-groups`).
+    pub fn write_service_account_kubeconfig(&self, namespace: &str, name: &str, out: &Path) -> Result<()> {
+        let admin = self.kubeconfig.as_path();
+        let text = std::fs::read_to_string(admin).map_err(io_err(admin))?;
+        let mut kc: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| Error::Other(format!("{}: {e}", admin.display())))?;
+        let users = kc
+            .get_mut("users")
+            .and_then(serde_yaml::Value::as_sequence_mut)
+            .ok_or_else(|| Error::Other(format!("{}: no users", admin.display())))?;
+        for user in users.iter_mut() {
+            let Some(auth) = user.get_mut("user").and_then(serde_yaml::Value::as_mapping_mut) else {
+                continue;
+            };
+            auth.insert("as".into(), format!("system:serviceaccount:{namespace}:{name}").into());
+            let groups = ["system:serviceaccounts".to_string(), format!("system:serviceaccounts:{namespace}"), "system:authenticated".to_string()];
+            auth.insert("as-groups".into(), serde_yaml::Value::Sequence(groups.into_iter().map(Into::into).collect()));
+        }
+        let text = serde_yaml::to_string(&kc).map_err(|e| Error::Other(format!("{}: {e}", out.display())))?;
+        std::fs::write(out, text).map_err(io_err(out))
+    }
+
     /// A client with cluster-admin rights (O=system:masters).
     pub async fn client(&self) -> Result<Client> {
         Ok(Client::try_from(self.config().await?)?)

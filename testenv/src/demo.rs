@@ -109,7 +109,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     // As the Deployment runs it: with its ServiceAccount's RBAC from deploy/ (Git source,
     // controller, drift and leader election all go through it).
     let controller_kubeconfig = scratch.path().join("dpdk-controller.kubeconfig");
-    write_service_account_kubeconfig(cp.kubeconfig_path(), "dpdk-operator", "dpdk-controller", &controller_kubeconfig)?;
+    cp.write_service_account_kubeconfig("dpdk-operator", "dpdk-controller", &controller_kubeconfig)?;
     let mut cmd = Command::new(&reconciler);
     cmd.args(["run", &format!("--http-addr=127.0.0.1:{http_port}"), &format!("--source-cache-dir={}", scratch.path().join("cache").display())])
         .env("KUBECONFIG", &controller_kubeconfig)
@@ -138,7 +138,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     ] {
         step(&format!("starting the {name} ({} simulate --component {component}) as ServiceAccount dpdk-operator/{account}", node_agent.display()));
         let kubeconfig = scratch.path().join(format!("kubeconfig-{account}"));
-        write_service_account_kubeconfig(cp.kubeconfig_path(), "dpdk-operator", account, &kubeconfig)?;
+        cp.write_service_account_kubeconfig("dpdk-operator", account, &kubeconfig)?;
         let log_path = scratch.path().join(format!("{}.log", name.replace(' ', "-")));
         let log = std::fs::File::create(&log_path).map_err(io_err_demo)?;
         let mut cmd = Command::new(&node_agent);
@@ -201,26 +201,6 @@ struct Watched {
     log: PathBuf,
 }
 
-/// A copy of the admin kubeconfig that impersonates the ServiceAccount `namespace/name`
-/// with the groups the API server gives its tokens (`as`/`as-groups`).
-fn write_service_account_kubeconfig(admin: &Path, namespace: &str, name: &str, out: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(admin).map_err(crate::io_err(admin))?;
-    let mut kc: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| Error::Other(format!("{}: {e}", admin.display())))?;
-    let users = kc
-        .get_mut("users")
-        .and_then(serde_yaml::Value::as_sequence_mut)
-        .ok_or_else(|| Error::Other(format!("{}: no users", admin.display())))?;
-    for user in users.iter_mut() {
-        let Some(auth) = user.get_mut("user").and_then(serde_yaml::Value::as_mapping_mut) else {
-            continue;
-        };
-        auth.insert("as".into(), format!("system:serviceaccount:{namespace}:{name}").into());
-        let groups = ["system:serviceaccounts".to_string(), format!("system:serviceaccounts:{namespace}"), "system:authenticated".to_string()];
-        auth.insert("as-groups".into(), serde_yaml::Value::Sequence(groups.into_iter().map(Into::into).collect()));
-    }
-    let text = serde_yaml::to_string(&kc).map_err(|e| Error::Other(format!("{}: {e}", out.display())))?;
-    std::fs::write(out, text).map_err(crate::io_err(out))
-}
 
 fn io_err_demo(e: std::io::Error) -> Error {
     Error::Other(format!("demo: {e}"))

@@ -142,6 +142,31 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The kubelet's own checks of a RegisterRequest: the supported version, an extended
+/// resource name (`<domain>/<name>`, not `kubernetes.io/`), and an endpoint that is a file
+/// name in the device-plugin directory.
+pub fn check_register_request(request: &RegisterRequest) -> Result<(), tonic::Status> {
+    if request.version != VERSION {
+        return Err(tonic::Status::invalid_argument(format!(
+            "unsupported version {:?}",
+            request.version
+        )));
+    }
+    if !request.resource_name.contains('/') || request.resource_name.starts_with("kubernetes.io/") {
+        return Err(tonic::Status::invalid_argument(format!(
+            "invalid resource name {:?}",
+            request.resource_name
+        )));
+    }
+    if request.endpoint.is_empty() || request.endpoint.contains('/') {
+        return Err(tonic::Status::invalid_argument(format!(
+            "endpoint {:?} is not a file name",
+            request.endpoint
+        )));
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl Registration for RegistrationService {
     async fn register(
@@ -149,27 +174,7 @@ impl Registration for RegistrationService {
         request: tonic::Request<RegisterRequest>,
     ) -> Result<tonic::Response<Empty>, tonic::Status> {
         let request = request.into_inner();
-        // The kubelet's own checks: supported version, extended resource name, endpoint a file name.
-        if request.version != VERSION {
-            return Err(tonic::Status::invalid_argument(format!(
-                "unsupported version {:?}",
-                request.version
-            )));
-        }
-        if !request.resource_name.contains('/')
-            || request.resource_name.starts_with("kubernetes.io/")
-        {
-            return Err(tonic::Status::invalid_argument(format!(
-                "invalid resource name {:?}",
-                request.resource_name
-            )));
-        }
-        if request.endpoint.is_empty() || request.endpoint.contains('/') {
-            return Err(tonic::Status::invalid_argument(format!(
-                "endpoint {:?} is not a file name",
-                request.endpoint
-            )));
-        }
+        check_register_request(&request)?;
         let resource = request.resource_name.clone();
         let span = info_span!(parent: &self.span, "sim-kubelet", %resource);
         span.in_scope(|| info!(endpoint = %request.endpoint, "plugin registered"));

@@ -19,7 +19,7 @@ use dpdk_node_agent::device_plugin::api::v1beta1::registration_server::{
 use dpdk_node_agent::device_plugin::api::v1beta1::{
     Device, DevicePluginOptions, Empty, ListAndWatchResponse, RegisterRequest,
 };
-use dpdk_node_agent::device_plugin::api::{KUBELET_SOCKET, VERSION, unix_channel};
+use dpdk_node_agent::device_plugin::api::{KUBELET_SOCKET, unix_channel};
 use dpdk_node_agent::device_plugin::{self, Config, DesiredDevice, DesiredState, Metrics};
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -269,27 +269,8 @@ impl Registration for KubeletRegistration {
     ) -> Result<tonic::Response<Empty>, tonic::Status> {
         let at = Instant::now();
         let request = request.into_inner();
-        // The kubelet's own checks: supported version, extended resource name, endpoint a file name.
-        if request.version != VERSION {
-            return Err(tonic::Status::invalid_argument(format!(
-                "unsupported version {:?}",
-                request.version
-            )));
-        }
-        if !request.resource_name.contains('/')
-            || request.resource_name.starts_with("kubernetes.io/")
-        {
-            return Err(tonic::Status::invalid_argument(format!(
-                "invalid resource name {:?}",
-                request.resource_name
-            )));
-        }
-        if request.endpoint.contains('/') {
-            return Err(tonic::Status::invalid_argument(format!(
-                "endpoint {:?} is not a file name",
-                request.endpoint
-            )));
-        }
+        // The kubelet's own checks, shared with the demo's simulated kubelet.
+        dpdk_node_agent::sim::kubelet::check_register_request(&request)?;
         let endpoint = self.dir.join(&request.endpoint);
         let dial_back = async {
             let channel = unix_channel(&endpoint)
