@@ -11,7 +11,9 @@
 //!   during forced resyncs after convergence (must be 0).
 //!
 //! `cargo bench -p dpdk-reconciler --bench controller`
-//! Env: DPDK_BENCH_NODES (1000), DPDK_BENCH_ENIS_PER_NODE (4), DPDK_BENCH_CONCURRENCY (16).
+//! Env: DPDK_BENCH_NODES (1000), DPDK_BENCH_ENIS_PER_NODE (4), DPDK_BENCH_CONCURRENCY (16),
+//! DPDK_BENCH_RECONCILER_ARGS (extra `run` flags), DPDK_BENCH_RECONCILER_WRAPPER (a
+//! profiler to run the binary under, e.g. `heaptrack -o /tmp/reconciler`).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write as _};
@@ -317,7 +319,19 @@ async fn bench(nodes: usize, per_node: usize, concurrency: usize) -> Result<(), 
     let port = free_port();
     let log_path = cp.data_dir().join("controller.log");
     let log = std::fs::File::create(&log_path)?;
-    let child = Command::new(env!("CARGO_BIN_EXE_dpdk-reconciler"))
+    // A profiler in front of the binary, e.g. DPDK_BENCH_RECONCILER_WRAPPER="heaptrack -o
+    // /tmp/reconciler". The RSS figures are then the wrapper's, not the controller's.
+    let wrapper = std::env::var("DPDK_BENCH_RECONCILER_WRAPPER").unwrap_or_default();
+    let mut wrapper = wrapper.split_whitespace();
+    let mut cmd = match wrapper.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(wrapper).arg(env!("CARGO_BIN_EXE_dpdk-reconciler"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_dpdk-reconciler")),
+    };
+    let child = cmd
         .args([
             "run",
             "--no-leader-election",
@@ -417,6 +431,9 @@ async fn bench(nodes: usize, per_node: usize, concurrency: usize) -> Result<(), 
     let resync_writes = controller_writes(&cp).len() - writes.len();
     let hwm_kib = proc_status_kib(pid, "VmHWM:").unwrap_or(0);
     let rss_kib = proc_status_kib(pid, "VmRSS:").unwrap_or(0);
+    // At the end, what the RSS is made of: heap and stacks, and pages of the binary.
+    let anon_kib = proc_status_kib(pid, "RssAnon:").unwrap_or(0);
+    let file_kib = proc_status_kib(pid, "RssFile:").unwrap_or(0);
     let cpu = cpu_seconds(pid).unwrap_or(0.0);
     let metrics = http_get(port, "/metrics")
         .map(|(_, b)| b)
@@ -496,6 +513,11 @@ async fn bench(nodes: usize, per_node: usize, concurrency: usize) -> Result<(), 
         "| controller RSS idle after sync / at end | {:.1} / {:.1} MiB |",
         rss_idle_kib as f64 / 1024.0,
         rss_kib as f64 / 1024.0
+    );
+    println!(
+        "| of the RSS at end: anonymous / file-backed (the binary) | {:.1} / {:.1} MiB |",
+        anon_kib as f64 / 1024.0,
+        file_kib as f64 / 1024.0
     );
     println!("| controller CPU time, whole run (user + system) | {cpu:.1} s |");
     println!(

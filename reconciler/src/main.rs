@@ -116,13 +116,23 @@ async fn run(args: RunArgs) -> Result<(), dpdk_reconciler::Error> {
     let app = server::router(server::AppState { registry: Arc::new(registry), health: health.clone() }, vec![source_routes, drift_routes]);
     let http = tokio::spawn(server::serve(listener, app, shutdown.clone()));
     let source_task = tokio::spawn(sources.run(shutdown.clone().cancelled_owned()));
+    let telemetry = controller::Telemetry { metrics: controller_metrics, health };
+    // One set of watches for the controller and the drift runtime. A sharded controller
+    // (--config-selector) sees only its shard's DPDKConfigs, while drift compares every
+    // config with Git: then drift keeps watches of its own.
+    let drift_changed = Arc::new(tokio::sync::Notify::new());
+    let share = !args.no_drift && opts.config_selector.is_none();
+    let also_notify = if share { vec![drift_changed.clone()] } else { Vec::new() };
+    let watches = controller::start_watches(&client, &opts, &telemetry, also_notify, shutdown.clone());
     let drift_task = if args.no_drift {
         tokio::spawn(async {})
+    } else if share {
+        let caches = watches.caches.clone();
+        tokio::spawn(dpdk_reconciler::drift::runtime::run_on(caches, drift_changed, drift_git, Default::default(), drift, shutdown.clone()))
     } else {
         tokio::spawn(dpdk_reconciler::drift::runtime::run(client.clone(), drift_git, Default::default(), drift, shutdown.clone()))
     };
-    let telemetry = controller::Telemetry { metrics: controller_metrics, health };
-    let result = controller::run_with(client, opts, telemetry, shutdown.clone()).await;
+    let result = controller::run_on(client, opts, telemetry, watches, shutdown.clone()).await;
     shutdown.cancel();
     let _ = source_task.await;
     let _ = drift_task.await;

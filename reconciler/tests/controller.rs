@@ -931,3 +931,106 @@ async fn the_run_subcommand_serves_health_and_metrics_and_reconciles() {
         "--log-format json: {first}"
     );
 }
+
+/// `dpdk-reconciler run` gives the controller and the drift runtime one set of watches:
+/// every task waiting for the shared caches wakes (the stores' own readiness future wakes
+/// only the last task that polled it; `run` hung on it), and drift follows the changes the
+/// controller's watches see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_and_drift_share_one_set_of_watches() {
+    use dpdk_reconciler::drift::runtime::{self, DriftOptions, DriftState, StaticGit};
+    use dpdk_reconciler::drift::{FindingKind, Layer};
+    use std::sync::Arc;
+
+    let cp = audited();
+    let admin = cp.client().await.expect("client");
+    let p = unique_name("shared");
+    let group = format!("{p}-g");
+    let (node, eni, cfg) = (format!("{p}-node"), format!("{p}-eni"), format!("{p}-cfg"));
+    let client = client_as(cp, &unique_name("ctl")).await;
+    let opts = test_options(&p);
+    let telemetry = Telemetry::standalone();
+    let stop = CancellationToken::new();
+    let drift_changed = Arc::new(tokio::sync::Notify::new());
+    let watches = controller::start_watches(
+        &client,
+        &opts,
+        &telemetry,
+        vec![drift_changed.clone()],
+        stop.clone(),
+    );
+    let caches = watches.caches.clone();
+    // Two waiters besides the controller and the drift runtime themselves.
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            let c = caches.clone();
+            tokio::spawn(async move { c.wait_until_ready().await })
+        })
+        .collect();
+    let drift = DriftState::new();
+    let drift_task = tokio::spawn(runtime::run_on(
+        caches,
+        drift_changed,
+        Arc::new(StaticGit::new(Vec::new())),
+        DriftOptions {
+            name_prefix: Some(p.clone()),
+            ..Default::default()
+        },
+        drift.clone(),
+        stop.clone(),
+    ));
+    let ctl = tokio::spawn(controller::run_on(
+        client,
+        opts,
+        telemetry.clone(),
+        watches,
+        stop.clone(),
+    ));
+    for w in waiters {
+        let ready = tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .expect("every waiter wakes")
+            .expect("waiter task");
+        assert!(ready, "caches synced");
+    }
+    eventually("the first drift snapshot", Duration::from_secs(30), || async {
+        drift.latest().map(|_| ())
+    })
+    .await;
+
+    fixtures::create_nodeeni(&admin, &eni, &[(GROUP, &group)], 2, &["subnet-a"])
+        .await
+        .expect("nodeeni");
+    node_with_eni(&admin, &node, &group, &eni, 2).await;
+    create_config(&admin, &config(&cfg, &p, &[(GROUP, &group)], &[(2, RES)])).await;
+    eventually("node labelled by the controller", Duration::from_secs(60), || async {
+        node_label(&admin, &node).await.map(|_| ())
+    })
+    .await;
+    // The DPDKNodeState the controller wrote has no agent behind it: drift, recomputed
+    // on the shared watches' events, says so for this node.
+    eventually("drift reports the node's missing agent", Duration::from_secs(60), || async {
+        let snap = drift.latest()?;
+        snap.report
+            .findings
+            .iter()
+            .any(|f| {
+                f.layer == Layer::DesiredNode
+                    && f.kind == FindingKind::NotReported
+                    && f.node.as_deref() == Some(node.as_str())
+            })
+            .then_some(())
+    })
+    .await;
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), ctl)
+        .await
+        .expect("controller stops")
+        .expect("controller task")
+        .expect("controller ran without error");
+    tokio::time::timeout(Duration::from_secs(30), drift_task)
+        .await
+        .expect("drift stops")
+        .expect("drift task");
+}

@@ -233,7 +233,7 @@ fn the_finding_names_the_file_line_and_field() {
     assert_eq!(f.field_path, "/spec/driverOptions/writeCombing");
     assert_eq!((f.git.clone(), f.live.clone()), (json!(true), json!(false)));
     assert_eq!(f.source.as_deref(), Some(SOURCE));
-    assert_eq!(f.since, "2025-06-01T12:00:00Z");
+    assert_eq!(&*f.since, "2025-06-01T12:00:00Z");
 }
 
 #[test]
@@ -245,7 +245,7 @@ fn since_carries_over_between_recomputations() {
     let later: Timestamp = "2025-06-01T12:05:00Z".parse().expect("ts");
     let second = compute(&[src], &live, later, Some(&first));
     assert_eq!(second.findings.len(), 1);
-    assert_eq!(second.findings[0].since, "2025-06-01T12:00:00Z");
+    assert_eq!(&*second.findings[0].since, "2025-06-01T12:00:00Z");
     assert_eq!(second.generated_at, "2025-06-01T12:05:00Z");
 }
 

@@ -1,5 +1,11 @@
-//! Watches and caches: one reflector per kind the controller reads, trimmed for memory,
-//! plus "expectations" so a write the cache has not seen yet is not repeated.
+//! Watches and caches: one reflector per kind the controller and the drift runtime read,
+//! trimmed for memory, plus "expectations" so a write the cache has not seen yet is not
+//! repeated.
+//!
+//! In `dpdk-reconciler run` the controller and the drift runtime share one set of
+//! reflectors: two sets doubled the watch traffic and the cached objects, and during a
+//! large rollout the second set's share of a 6000-write burst was most of the process's
+//! peak memory.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,7 +22,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::ControllerMetrics;
@@ -107,22 +113,28 @@ fn caught_up(cached: Option<&str>, wanted: Option<&str>) -> bool {
     }
 }
 
-/// The controller's view of the cluster.
+/// The controller's (and the drift runtime's) view of the cluster.
 #[derive(Clone)]
 pub struct Caches {
     pub configs: Store<DPDKConfig>,
     pub nodes: Store<PartialObjectMeta<Node>>,
     pub node_enis: Store<NodeENI>,
     pub node_states: Store<DPDKNodeState>,
+    /// `Some(true)` once every reflector has its initial list, `Some(false)` if one
+    /// stopped before that.
+    ready: watch::Receiver<Option<bool>>,
 }
 
 impl Caches {
-    /// Waits until every reflector has its initial list.
+    /// Waits until every reflector has its initial list. Any number of tasks may wait:
+    /// `Store::wait_until_ready` wakes only the last task that polled it, so one task
+    /// waits on the stores and tells everyone else.
     pub async fn wait_until_ready(&self) -> bool {
-        self.configs.wait_until_ready().await.is_ok()
-            && self.nodes.wait_until_ready().await.is_ok()
-            && self.node_enis.wait_until_ready().await.is_ok()
-            && self.node_states.wait_until_ready().await.is_ok()
+        let mut rx = self.ready.clone();
+        match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.unwrap_or(false),
+            Err(_) => false,
+        }
     }
 
     /// The cached resourceVersion of an object the planner may write.
@@ -148,16 +160,19 @@ impl Caches {
     }
 }
 
-/// Drops what the planner never reads, so a big cluster fits in a small pod.
+// The trims drop what neither the planner nor the drift engine reads, so a big cluster
+// fits in a small pod. managedFields are most of an object's size; only the ownership the
+// planner asks about is kept.
+
 fn trim_config(c: &mut DPDKConfig) {
+    // Labels and annotations stay: the drift engine compares them with Git and looks for
+    // Argo CD / Flux markers; configs are few.
     let paths: [&[&str]; 1] = [&["f:metadata", "f:finalizers"]];
     ssa::trim_managed_fields(&mut c.metadata, CONTROLLER_MANAGER, &paths);
-    if let Some(a) = c.metadata.annotations.as_mut() {
-        a.retain(|k, _| k == dpdk_bridge::labels::REVISION_ANNOTATION);
-    }
 }
 
 fn trim_node(n: &mut PartialObjectMeta<Node>) {
+    // Only labels are compared (selectors); node annotations can be large.
     let label = ssa::enabled_label_path();
     let paths: [&[String]; 1] = [&label];
     ssa::trim_managed_fields(&mut n.metadata, ssa::NO_MANAGER, &paths);
@@ -185,19 +200,29 @@ fn trim_node_eni(e: &mut NodeENI) {
 }
 
 fn trim_node_state(s: &mut DPDKNodeState) {
-    // Only the existence of our Apply entry is read.
+    // Only the existence of our Apply entry is read. The status stays but for conditions,
+    // the device plugin and MACs: the drift engine reports devices (with their interface
+    // and message) and modules per node.
     let none: [&[&str]; 0] = [];
     ssa::trim_managed_fields(&mut s.metadata, CONTROLLER_MANAGER, &none);
     if let Some(st) = s.status.as_mut() {
         st.conditions.clear();
-        st.modules = None;
         st.device_plugin = None;
         for d in st.devices.iter_mut() {
-            d.message = None;
             d.mac = None;
-            d.interface_name = None;
         }
     }
+}
+
+/// Who hears from the reflectors.
+#[derive(Clone, Default)]
+pub struct Subscribers {
+    /// The controller's expectations, told about every version the caches see.
+    pub expectations: Option<Arc<Expectations>>,
+    /// Notified on every change after the initial list (one per consumer).
+    pub triggers: Vec<Arc<Notify>>,
+    /// Counts watch errors (`dpdk_controller_watch_errors_total`).
+    pub metrics: Option<Arc<ControllerMetrics>>,
 }
 
 fn spawn_reflector<K, S>(
@@ -205,9 +230,7 @@ fn spawn_reflector<K, S>(
     stream: S,
     writer: reflector::store::Writer<K>,
     trim: fn(&mut K),
-    expectations: Arc<Expectations>,
-    trigger: Arc<Notify>,
-    metrics: Arc<ControllerMetrics>,
+    subs: Subscribers,
     stop: CancellationToken,
 ) where
     K: Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
@@ -225,23 +248,29 @@ fn spawn_reflector<K, S>(
             match ev {
                 None => return,
                 Some(Ok(ev)) => {
-                    match &ev {
-                        Event::Apply(o) | Event::InitApply(o) => expectations.observe(
-                            kind,
-                            &o.name_any(),
-                            o.meta().resource_version.as_deref(),
-                        ),
-                        Event::Delete(o) => expectations.observe(kind, &o.name_any(), None),
-                        Event::Init => {}
-                        // A relist replaced the cache wholesale; nothing awaited can be trusted.
-                        Event::InitDone => expectations.clear(),
+                    if let Some(expectations) = &subs.expectations {
+                        match &ev {
+                            Event::Apply(o) | Event::InitApply(o) => expectations.observe(
+                                kind,
+                                &o.name_any(),
+                                o.meta().resource_version.as_deref(),
+                            ),
+                            Event::Delete(o) => expectations.observe(kind, &o.name_any(), None),
+                            Event::Init => {}
+                            // A relist replaced the cache wholesale; nothing awaited can be trusted.
+                            Event::InitDone => expectations.clear(),
+                        }
                     }
                     if !matches!(ev, Event::Init | Event::InitApply(_)) {
-                        trigger.notify_one();
+                        for t in &subs.triggers {
+                            t.notify_one();
+                        }
                     }
                 }
                 Some(Err(e)) => {
-                    metrics.watch_errors.inc();
+                    if let Some(m) = &subs.metrics {
+                        m.watch_errors.inc();
+                    }
                     tracing::warn!(?kind, error = %e, "watch failed; retrying with backoff");
                 }
             }
@@ -253,9 +282,7 @@ fn spawn_reflector<K, S>(
 pub fn start(
     client: &Client,
     config_selector: Option<&str>,
-    expectations: Arc<Expectations>,
-    trigger: Arc<Notify>,
-    metrics: Arc<ControllerMetrics>,
+    subs: Subscribers,
     stop: CancellationToken,
 ) -> Caches {
     let (configs, w_configs) = reflector::store();
@@ -272,9 +299,7 @@ pub fn start(
         watcher(Api::<DPDKConfig>::all(client.clone()), config_cfg),
         w_configs,
         trim_config,
-        expectations.clone(),
-        trigger.clone(),
-        metrics.clone(),
+        subs.clone(),
         stop.clone(),
     );
     spawn_reflector(
@@ -282,9 +307,7 @@ pub fn start(
         watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), cfg()),
         w_nodes,
         trim_node,
-        expectations.clone(),
-        trigger.clone(),
-        metrics.clone(),
+        subs.clone(),
         stop.clone(),
     );
     spawn_reflector(
@@ -292,9 +315,7 @@ pub fn start(
         watcher(Api::<NodeENI>::all(client.clone()), cfg()),
         w_enis,
         trim_node_eni,
-        expectations.clone(),
-        trigger.clone(),
-        metrics.clone(),
+        subs.clone(),
         stop.clone(),
     );
     spawn_reflector(
@@ -302,16 +323,25 @@ pub fn start(
         watcher(Api::<DPDKNodeState>::all(client.clone()), cfg()),
         w_states,
         trim_node_state,
-        expectations,
-        trigger,
-        metrics,
+        subs,
         stop,
     );
+    let (ready_tx, ready) = watch::channel(None);
+    let stores = (configs.clone(), nodes.clone(), node_enis.clone(), node_states.clone());
+    tokio::spawn(async move {
+        let (c, n, e, s) = stores;
+        let ok = c.wait_until_ready().await.is_ok()
+            && n.wait_until_ready().await.is_ok()
+            && e.wait_until_ready().await.is_ok()
+            && s.wait_until_ready().await.is_ok();
+        let _ = ready_tx.send(Some(ok));
+    });
     Caches {
         configs,
         nodes,
         node_enis,
         node_states,
+        ready,
     }
 }
 

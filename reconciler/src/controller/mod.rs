@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use dpdk_bridge::labels::CONTROLLER_MANAGER;
 use dpdk_bridge::plan::{self, Kind, PlannedEvent, ServerConflict, Settings, Snapshot, Write};
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
@@ -253,20 +254,68 @@ pub async fn run_with(
     telemetry: Telemetry,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let Telemetry { metrics, health } = telemetry;
-    health.register(HEALTH_CHECK);
-    // Child token: stopping the controller stops its watches and election too.
-    let stop = shutdown.child_token();
+    let watch_stop = shutdown.child_token();
+    let watches = start_watches(&client, &opts, &telemetry, Vec::new(), watch_stop.clone());
+    let result = run_on(client, opts, telemetry, watches, shutdown).await;
+    watch_stop.cancel();
+    result
+}
+
+/// The controller's caches and the signals its watches raise.
+pub struct Watches {
+    /// Shared: other readers (the drift runtime) may read the same caches.
+    pub caches: Caches,
+    expectations: Arc<Expectations>,
+    trigger: Arc<Notify>,
+}
+
+/// Starts the controller's watches until `stop`. `also_notify` are other consumers of the
+/// same caches (the drift runtime), each woken on every change.
+pub fn start_watches(
+    client: &Client,
+    opts: &Options,
+    telemetry: &Telemetry,
+    also_notify: Vec<Arc<Notify>>,
+    stop: CancellationToken,
+) -> Watches {
     let trigger = Arc::new(Notify::new());
     let expectations = Arc::new(Expectations::default());
+    let mut triggers = vec![trigger.clone()];
+    triggers.extend(also_notify);
     let caches = cache::start(
-        &client,
+        client,
         opts.config_selector.as_deref(),
-        expectations.clone(),
-        trigger.clone(),
-        metrics.clone(),
-        stop.clone(),
+        cache::Subscribers {
+            expectations: Some(expectations.clone()),
+            triggers,
+            metrics: Some(telemetry.metrics.clone()),
+        },
+        stop,
     );
+    Watches {
+        caches,
+        expectations,
+        trigger,
+    }
+}
+
+/// Runs the controller on watches started by [`start_watches`] until `shutdown`.
+pub async fn run_on(
+    client: Client,
+    opts: Options,
+    telemetry: Telemetry,
+    watches: Watches,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let Telemetry { metrics, health } = telemetry;
+    let Watches {
+        caches,
+        expectations,
+        trigger,
+    } = watches;
+    health.register(HEALTH_CHECK);
+    // Child token: stopping the controller stops its election too.
+    let stop = shutdown.child_token();
     let (mut leading, election) = match opts.leader_election.clone() {
         Some(cfg) => {
             let (rx, task) = leader::spawn(client.clone(), cfg, stop.clone());
@@ -477,12 +526,25 @@ impl Reconciler {
                 return Err(Error::Controller("lost leadership during a pass".into()));
             }
             let batch = &writes[i..end];
-            // Futures built up front (not in a closure) keep the Send check simple.
-            let futs: Vec<_> = batch.iter().map(|w| self.exec_one(w)).collect();
-            let results: Vec<(&Write, Result<Outcome, kube::Error>)> = futures::stream::iter(futs)
-                .buffer_unordered(self.concurrency)
-                .collect()
-                .await;
+            // At most `concurrency` write futures exist at once: built up front, a stage of
+            // 4000 NodeENI writes held 4000 request futures (≈ 7 MB). A plain loop, not a
+            // stream combinator with a closure, keeps the Send check simple.
+            let mut in_flight = FuturesUnordered::new();
+            let mut pending = batch.iter();
+            let mut results: Vec<(&Write, Result<Outcome, kube::Error>)> =
+                Vec::with_capacity(batch.len());
+            loop {
+                while in_flight.len() < self.concurrency {
+                    match pending.next() {
+                        Some(w) => in_flight.push(self.exec_one(w)),
+                        None => break,
+                    }
+                }
+                match in_flight.next().await {
+                    Some(r) => results.push(r),
+                    None => break,
+                }
+            }
             for (w, r) in results {
                 let (kind, name) = w.target();
                 let kind_s = kind_name(kind);

@@ -39,14 +39,14 @@ fn not_ready() -> Response {
 
 async fn drift_json(State(state): State<DriftState>) -> Response {
     match state.latest() {
-        Some(s) => text(StatusCode::OK, "application/json", s.json.clone(), Some(&s)),
+        Some(s) => text(StatusCode::OK, "application/json", s.json(), Some(&s)),
         None => not_ready(),
     }
 }
 
 async fn drift_diff(State(state): State<DriftState>) -> Response {
     match state.latest() {
-        Some(s) => text(StatusCode::OK, "text/x-diff; charset=utf-8", s.diff.clone(), Some(&s)),
+        Some(s) => text(StatusCode::OK, "text/x-diff; charset=utf-8", s.diff(), Some(&s)),
         None => not_ready(),
     }
 }
@@ -55,19 +55,17 @@ async fn drift_patch(State(state): State<DriftState>, RawQuery(query): RawQuery)
     let Some(snap) = state.latest() else { return not_ready() };
     let bad = |msg: String| text(StatusCode::BAD_REQUEST, "text/plain; charset=utf-8", msg, Some(&snap));
     let wanted = query.as_deref().and_then(|q| query_param(q, "source"));
+    let known = snap.patch_sources();
     let key = match wanted {
         Some(v) => match SourceKey::parse(&v) {
             Some(k) => k.to_string(),
             None => return bad(format!("source={v:?}: expected <namespace>/<name>\n")),
         },
         // With a single source the parameter may be left out.
-        None if snap.patches.len() == 1 => snap.patches.keys().next().cloned().unwrap_or_default(),
-        None => {
-            let known: Vec<&str> = snap.patches.keys().map(String::as_str).collect();
-            return bad(format!("missing ?source=<namespace>/<name>; sources: {}\n", known.join(", ")));
-        }
+        None if known.len() == 1 => known[0].clone(),
+        None => return bad(format!("missing ?source=<namespace>/<name>; sources: {}\n", known.join(", "))),
     };
-    match snap.patches.get(&key) {
+    match snap.patch(&key) {
         Some(p) => {
             let mut resp = text(StatusCode::OK, "text/x-patch; charset=utf-8", p.text.clone(), Some(&snap));
             if let Some(rev) = p.revision.as_deref()

@@ -45,7 +45,7 @@ mod tests {
             git: Value::Null,
             live: Value::Null,
             owned_by: None,
-            since: String::new(),
+            since: std::sync::Arc::from(""),
             message: String::new(),
         }
     }

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use similar::TextDiff;
 
 use super::engine::compare_config;
-use super::model::{Finding, FindingKind, GitDocument, GitSource, Layer, LiveObjects};
+use super::model::{Finding, FindingKind, GitDocument, GitSource, Layer, LiveView};
 use super::normalize::pointer_tokens;
 use super::yaml_render::{Style, block_lines, entry_lines, item_lines, render_scalar};
 use crate::manifest::position::{Node, NodeKind, PositionIndex, Pos, index_file, parent_pointer};
@@ -31,10 +31,11 @@ pub struct FileChange {
 
 /// The layer-1 findings of `src` (already filtered by ignore rules) as file changes,
 /// sorted by path.
-pub fn file_changes(src: &GitSource, findings: &[Finding], live: &LiveObjects) -> Vec<FileChange> {
+pub fn file_changes<'a>(src: &GitSource, findings: &[Finding], live: impl Into<LiveView<'a>>) -> Vec<FileChange> {
+    let live = live.into();
     let source = src.key.as_ref().map(ToString::to_string);
     let ours: Vec<&Finding> = findings.iter().filter(|f| f.layer == Layer::GitCluster && f.source == source).collect();
-    let live_cfg = |name: &str| live.configs.iter().find(|c| c.metadata.name.as_deref() == Some(name));
+    let live_cfg = |name: &str| live.configs.iter().copied().find(|c| c.metadata.name.as_deref() == Some(name));
 
     // file → (documents to remove, documents to edit with their diffs)
     let mut per_file: BTreeMap<&str, (BTreeSet<usize>, BTreeMap<usize, Vec<(String, Value)>>)> = BTreeMap::new();

@@ -1,23 +1,19 @@
 //! The drift runtime: watches feed caches, a change (watch event or new Git revision)
-//! triggers one recomputation, and the result is kept pre-rendered as the latest
-//! snapshot. Requests only read that snapshot; nothing is computed per request.
+//! triggers one recomputation, and the result is kept as the latest snapshot. Requests
+//! only read that snapshot; drift is never computed per request (each rendering of a
+//! snapshot is made once, on the first request for it).
+//!
+//! In `dpdk-reconciler run` the caches are the controller's (one set of watches for both).
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use dpdk_bridge::api::{DPDKConfig, DPDKNodeState, NodeENI};
-use dpdk_bridge::labels::CONTROLLER_MANAGER;
-use dpdk_bridge::ssa;
-use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
+use kube::Client;
 use kube::core::PartialObjectMeta;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher::{self, Event, watcher};
-use kube::{Api, Client, Resource};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -27,7 +23,8 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::engine::compute;
-use super::model::{DriftReport, GitSource, Layer, LiveObjects, SourceKey};
+use crate::controller::cache::{self, Caches, Subscribers};
+use super::model::{DriftReport, GitSource, Layer, LiveView, SourceKey};
 use super::patch::{file_changes, render_patch};
 use super::render::{render_diff_with, render_json, render_source_patch_with};
 
@@ -95,35 +92,55 @@ pub struct SourcePatch {
     pub text: Bytes,
 }
 
-/// The latest drift, rendered in every format the endpoints serve.
-#[derive(Clone, Debug)]
+/// The latest drift: the report, and its renderings made at most once each.
+///
+/// The JSON and the diff are rendered on the first request for them and kept with the
+/// snapshot, so every later request shares the bytes. Rendering them eagerly on every
+/// recompute cost memory nobody asked for: in the middle of a large rollout a report has
+/// a finding for every NodeENI not yet written, and the previous snapshot's renderings
+/// stayed alive next to the new ones (≈ 40 MB at 1000 nodes × 4 NodeENIs).
+#[derive(Debug)]
 pub struct Snapshot {
     pub report: DriftReport,
-    /// Rendered once; requests share the bytes.
-    pub json: Bytes,
-    pub diff: Bytes,
-    /// By source (`ns/name`).
-    pub patches: BTreeMap<String, SourcePatch>,
+    /// The sources compared (their files and documents are shared, not copied).
+    sources: Vec<GitSource>,
+    /// Each source's layer-1 patch body, made while the live objects were at hand.
+    bodies: Vec<String>,
+    json: OnceLock<Bytes>,
+    diff: OnceLock<Bytes>,
 }
 
 impl Snapshot {
-    /// Computes and renders drift for these inputs.
-    pub fn build(sources: &[GitSource], live: &LiveObjects, now: Timestamp, previous: Option<&DriftReport>) -> Snapshot {
-        let report = compute(sources, live, now, previous);
-        let json = Bytes::from(render_json(&report));
+    /// Computes drift for these inputs.
+    pub fn build<'a>(sources: &[GitSource], live: impl Into<LiveView<'a>>, now: Timestamp, previous: Option<&DriftReport>) -> Snapshot {
+        let live = live.into();
+        let mut report = compute(sources, live.clone(), now, previous);
+        report.findings.shrink_to_fit();
         // Each source's file changes are made once, for the diff and the patch.
-        let bodies: Vec<String> = sources.iter().map(|s| render_patch(&file_changes(s, &report.findings, live))).collect();
-        let diff = Bytes::from(render_diff_with(&report, sources, &bodies));
-        let patches = sources
-            .iter()
-            .zip(&bodies)
-            .filter_map(|(s, body)| {
-                let key = s.key.as_ref()?.to_string();
-                let text = Bytes::from(render_source_patch_with(&report, s, body));
-                Some((key, SourcePatch { revision: s.revision.clone(), text }))
-            })
-            .collect();
-        Snapshot { report, json, diff, patches }
+        let bodies = sources.iter().map(|s| render_patch(&file_changes(s, &report.findings, live.clone()))).collect();
+        Snapshot { report, sources: sources.to_vec(), bodies, json: OnceLock::new(), diff: OnceLock::new() }
+    }
+
+    /// The report as JSON (`/drift`).
+    pub fn json(&self) -> Bytes {
+        self.json.get_or_init(|| Bytes::from(render_json(&self.report))).clone()
+    }
+
+    /// The unified diff of all layers (`/drift.diff`).
+    pub fn diff(&self) -> Bytes {
+        self.diff.get_or_init(|| Bytes::from(render_diff_with(&self.report, &self.sources, &self.bodies))).clone()
+    }
+
+    /// The keys (`ns/name`) of the sources that have a patch.
+    pub fn patch_sources(&self) -> Vec<String> {
+        self.sources.iter().filter_map(|s| s.key.as_ref().map(ToString::to_string)).collect()
+    }
+
+    /// One source's layer-1 patch (`/drift.patch?source=`); its text is empty when the
+    /// source has no layer-1 drift.
+    pub fn patch(&self, source: &str) -> Option<SourcePatch> {
+        let (s, body) = self.sources.iter().zip(&self.bodies).find(|(s, _)| s.key.as_ref().is_some_and(|k| k.to_string() == source))?;
+        Some(SourcePatch { revision: s.revision.clone(), text: Bytes::from(render_source_patch_with(&self.report, s, body)) })
     }
 }
 
@@ -217,89 +234,33 @@ impl DriftState {
     }
 }
 
-/// The drift runtime's caches.
-#[derive(Clone)]
-struct Caches {
-    configs: Store<DPDKConfig>,
-    nodes: Store<PartialObjectMeta<Node>>,
-    node_enis: Store<NodeENI>,
-    node_states: Store<DPDKNodeState>,
+/// The caches' objects at one moment, shared with the caches (not copied).
+struct CachedObjects {
+    configs: Vec<Arc<DPDKConfig>>,
+    nodes: Vec<Arc<PartialObjectMeta<Node>>>,
+    node_enis: Vec<Arc<NodeENI>>,
+    node_states: Vec<Arc<DPDKNodeState>>,
 }
 
-// The caches keep what the engine and the planner (layer 2) read. managedFields are most
-// of an object's size and only the ownership the planner asks about matters; without this
-// the drift caches held several times the controller's (trimmed) caches in big clusters.
-fn trim_config(c: &mut DPDKConfig) {
-    let paths: [&[&str]; 1] = [&["f:metadata", "f:finalizers"]];
-    ssa::trim_managed_fields(&mut c.metadata, CONTROLLER_MANAGER, &paths);
-}
+impl CachedObjects {
+    fn read(c: &Caches) -> Self {
+        CachedObjects { configs: c.configs.state(), nodes: c.nodes.state(), node_enis: c.node_enis.state(), node_states: c.node_states.state() }
+    }
 
-fn trim_node(n: &mut PartialObjectMeta<Node>) {
-    let label = ssa::enabled_label_path();
-    let paths: [&[String]; 1] = [&label];
-    ssa::trim_managed_fields(&mut n.metadata, ssa::NO_MANAGER, &paths);
-    // Only labels are compared (selectors); node annotations can be large.
-    n.metadata.annotations = None;
-}
-
-fn trim_node_eni(e: &mut NodeENI) {
-    let paths: Vec<&[&str]> = ssa::NODEENI_PATHS.iter().map(|p| p.as_slice()).collect();
-    ssa::trim_managed_fields(&mut e.metadata, ssa::NO_MANAGER, &paths);
-}
-
-fn trim_node_state(s: &mut DPDKNodeState) {
-    let none: [&[&str]; 0] = [];
-    ssa::trim_managed_fields(&mut s.metadata, CONTROLLER_MANAGER, &none);
-}
-
-fn spawn_reflector<K, S>(stream: S, writer: reflector::store::Writer<K>, trim: fn(&mut K), trigger: Arc<Notify>, stop: CancellationToken)
-where
-    K: Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
-    S: Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static,
-{
-    let stream = stream.default_backoff().modify(trim).reflect(writer);
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        loop {
-            let ev = tokio::select! {
-                _ = stop.cancelled() => return,
-                ev = stream.next() => ev,
-            };
-            match ev {
-                None => return,
-                Some(Ok(Event::Init | Event::InitApply(_))) => {}
-                Some(Ok(_)) => trigger.notify_one(),
-                Some(Err(e)) => tracing::warn!(kind = %K::kind(&Default::default()), error = %e, "drift watch failed; retrying with backoff"),
-            }
+    /// The objects in scope, as the engine reads them.
+    fn view(&self, opts: &DriftOptions) -> LiveView<'_> {
+        let keep = |name: Option<&String>| match &opts.name_prefix {
+            Some(p) => name.is_some_and(|n| n.starts_with(p.as_str())),
+            None => true,
+        };
+        LiveView {
+            configs: self.configs.iter().map(|o| o.as_ref()).filter(|o| keep(o.metadata.name.as_ref())).collect(),
+            node_enis: self.node_enis.iter().map(|o| o.as_ref()).filter(|o| keep(o.metadata.name.as_ref())).collect(),
+            node_states: self.node_states.iter().map(|o| o.as_ref()).filter(|o| keep(o.metadata.name.as_ref())).collect(),
+            nodes: self.nodes.iter().map(|o| &o.metadata).filter(|m| keep(m.name.as_ref())).collect(),
+            complete: opts.name_prefix.is_none(),
         }
-    });
-}
-
-fn start_watches(client: &Client, trigger: &Arc<Notify>, stop: &CancellationToken) -> Caches {
-    let (configs, w_configs) = reflector::store();
-    let (nodes, w_nodes) = reflector::store();
-    let (node_enis, w_enis) = reflector::store();
-    let (node_states, w_states) = reflector::store();
-    let cfg = watcher::Config::default;
-    spawn_reflector(watcher(Api::<DPDKConfig>::all(client.clone()), cfg()), w_configs, trim_config, trigger.clone(), stop.clone());
-    spawn_reflector(watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), cfg()), w_nodes, trim_node, trigger.clone(), stop.clone());
-    spawn_reflector(watcher(Api::<NodeENI>::all(client.clone()), cfg()), w_enis, trim_node_eni, trigger.clone(), stop.clone());
-    spawn_reflector(watcher(Api::<DPDKNodeState>::all(client.clone()), cfg()), w_states, trim_node_state, trigger.clone(), stop.clone());
-    Caches { configs, nodes, node_enis, node_states }
-}
-
-/// The live objects in scope, from the caches.
-fn live_objects(c: &Caches, opts: &DriftOptions) -> LiveObjects {
-    let keep = |name: Option<&String>| match &opts.name_prefix {
-        Some(p) => name.is_some_and(|n| n.starts_with(p.as_str())),
-        None => true,
-    };
-    let configs = c.configs.state().iter().filter(|o| keep(o.metadata.name.as_ref())).map(|o| (**o).clone()).collect();
-    let node_enis = c.node_enis.state().iter().filter(|o| keep(o.metadata.name.as_ref())).map(|o| (**o).clone()).collect();
-    let node_states = c.node_states.state().iter().filter(|o| keep(o.metadata.name.as_ref())).map(|o| (**o).clone()).collect();
-    let nodes = c.nodes.state().iter().filter(|o| keep(o.metadata.name.as_ref())).map(|o| o.metadata.clone()).collect();
-    LiveObjects { configs, node_enis, node_states, nodes, complete: opts.name_prefix.is_none() }
+    }
 }
 
 /// The sources in scope. When exactly one is, live objects that no source labelled count
@@ -321,19 +282,22 @@ fn git_sources(git: &dyn GitProvider, opts: &DriftOptions) -> Vec<GitSource> {
     sources
 }
 
-/// Recomputes drift on every change until `stop`. Returns when stopped.
+/// Recomputes drift on every change until `stop`, on watches of its own. Returns when
+/// stopped.
 pub async fn run(client: Client, git: Arc<dyn GitProvider>, opts: DriftOptions, state: DriftState, stop: CancellationToken) {
-    let trigger = Arc::new(Notify::new());
-    let caches = start_watches(&client, &trigger, &stop);
-    let ready = async {
-        caches.configs.wait_until_ready().await.is_ok()
-            && caches.nodes.wait_until_ready().await.is_ok()
-            && caches.node_enis.wait_until_ready().await.is_ok()
-            && caches.node_states.wait_until_ready().await.is_ok()
-    };
+    let changed = Arc::new(Notify::new());
+    let subs = Subscribers { triggers: vec![changed.clone()], ..Default::default() };
+    let caches = cache::start(&client, None, subs, stop.clone());
+    run_on(caches, changed, git, opts, state, stop).await;
+}
+
+/// Recomputes drift on every change until `stop`, reading caches someone else keeps (the
+/// controller's, in `dpdk-reconciler run`); `changed` is notified on their every change.
+pub async fn run_on(caches: Caches, changed: Arc<Notify>, git: Arc<dyn GitProvider>, opts: DriftOptions, state: DriftState, stop: CancellationToken) {
+    let trigger = changed;
     tokio::select! {
         _ = stop.cancelled() => return,
-        ok = ready => if !ok { tracing::error!("drift caches stopped before their first list"); return; },
+        ok = caches.wait_until_ready() => if !ok { tracing::error!("drift caches stopped before their first list"); return; },
     }
     let mut git_rx = git.subscribe();
     let mut git_open = true;
@@ -341,12 +305,13 @@ pub async fn run(client: Client, git: Arc<dyn GitProvider>, opts: DriftOptions, 
         let started = Instant::now();
         let now = Timestamp::now();
         let sources = git_sources(git.as_ref(), &opts);
-        let live = live_objects(&caches, &opts);
+        let cached = CachedObjects::read(&caches);
         // `since` carries over from the snapshot being served; no second copy of a report
         // (during a rollout a report holds a finding per NodeENI and node).
         let previous = state.latest();
-        let snap = Snapshot::build(&sources, &live, now, previous.as_ref().map(|p| &p.report));
-        drop((previous, live, sources));
+        let snap = Snapshot::build(&sources, cached.view(&opts), now, previous.as_ref().map(|p| &p.report));
+        // The caches' old versions of objects are not pinned past the recompute.
+        drop((previous, cached, sources));
         let took = started.elapsed();
         tracing::debug!(findings = snap.report.summary.total, took_ms = took.as_millis() as u64, "drift recomputed");
         state.publish(snap, took, now);
@@ -356,12 +321,12 @@ pub async fn run(client: Client, git: Arc<dyn GitProvider>, opts: DriftOptions, 
             _ = trigger.notified() => {}
             r = git_rx.changed(), if git_open => if r.is_err() { git_open = false; },
         }
-        // Coalesce bursts, and never spend more than about a fifth of the time recomputing:
+        // Coalesce bursts, and never spend more than about a tenth of the time recomputing:
         // while a large rollout writes thousands of objects, the report follows at a pace
-        // the controller and the API server do not feel.
+        // the controller and the API server (on the same small nodes) do not feel.
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(opts.debounce.max(took * 4)) => {}
+            _ = tokio::time::sleep(opts.debounce.max(took * 9)) => {}
         }
     }
 }
