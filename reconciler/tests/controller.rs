@@ -36,6 +36,16 @@ async fn node_with_eni(admin: &Client, node: &str, group: &str, eni: &str, devic
     .expect("attachment");
 }
 
+/// User + system CPU time of a process, from /proc (USER_HZ is 100 on Linux).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/<pid>/stat");
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    ticks as f64 / 100.0
+}
+
 fn conflicts(c: &DPDKConfig) -> Vec<dpdk_bridge::api::ConfigConflict> {
     c.status
         .as_ref()
@@ -907,6 +917,17 @@ async fn the_run_subcommand_serves_health_and_metrics_and_reconciles() {
         object_writes(&cp.audit_log_path(), &user)
             .iter()
             .any(|w| w.resource == "nodes" && w.name == node)
+    );
+
+    // At rest (converged, nothing changing, next resync minutes away) the process sleeps.
+    // A loop that kept waking itself — as it once did without leader election, on a
+    // watch channel whose sender was gone — would burn a core here.
+    let before = cpu_seconds(child.id());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle_cpu = cpu_seconds(child.id()) - before;
+    assert!(
+        idle_cpu < 0.5,
+        "the idle controller used {idle_cpu:.2} s of CPU in 5 s"
     );
 
     // SIGTERM: a clean exit.

@@ -316,12 +316,17 @@ pub async fn run_on(
     health.register(HEALTH_CHECK);
     // Child token: stopping the controller stops its election too.
     let stop = shutdown.child_token();
-    let (mut leading, election) = match opts.leader_election.clone() {
+    // Without an election this replica always leads. The sender must outlive the loop:
+    // a dropped sender makes `changed()` return at once, and the loop below would spin.
+    let (_always_leading, mut leading, election) = match opts.leader_election.clone() {
         Some(cfg) => {
             let (rx, task) = leader::spawn(client.clone(), cfg, stop.clone());
-            (rx, Some(task))
+            (None, rx, Some(task))
         }
-        None => (watch::channel(true).1, None),
+        None => {
+            let (tx, rx) = watch::channel(true);
+            (Some(tx), rx, None)
+        }
     };
 
     tokio::select! {
@@ -381,7 +386,13 @@ pub async fn run_on(
         let deadline = next.unwrap_or_else(|| Instant::now() + opts.resync_interval);
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = leading.changed() => continue,
+            r = leading.changed() => {
+                if r.is_err() {
+                    // The election ended (it only does when stopping).
+                    break;
+                }
+                continue;
+            }
             _ = trigger.notified() => {
                 // Let a burst of events settle into one pass.
                 tokio::time::sleep(opts.debounce).await;
