@@ -36,6 +36,31 @@ async fn node_with_eni(admin: &Client, node: &str, group: &str, eni: &str, devic
     .expect("attachment");
 }
 
+/// A child process killed when the test ends, even by a failed assertion.
+struct Reaper(std::process::Child);
+
+impl std::ops::Deref for Reaper {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaper {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// User + system CPU time of a process, from /proc (USER_HZ is 100 on Linux).
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/<pid>/stat");
@@ -869,7 +894,7 @@ async fn the_run_subcommand_serves_health_and_metrics_and_reconciles() {
         .map(|a| a.port())
         .expect("port");
     let log = cp.data_dir().join(format!("{user}.log"));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dpdk-reconciler"))
+    let mut child = Reaper(std::process::Command::new(env!("CARGO_BIN_EXE_dpdk-reconciler"))
         .args(["run", "--no-leader-election", "--log-format", "json"])
         .arg(format!("--config-selector={SHARD_LABEL}={shard}"))
         .arg(format!("--http-addr=127.0.0.1:{port}"))
@@ -878,7 +903,7 @@ async fn the_run_subcommand_serves_health_and_metrics_and_reconciles() {
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
-        .expect("dpdk-reconciler runs");
+        .expect("dpdk-reconciler runs"));
     eventually("/readyz 200", Duration::from_secs(60), || async {
         matches!(http_get(port, "/readyz"), Some((200, _))).then_some(())
     })
