@@ -98,7 +98,7 @@ pub struct SourcePatch {
 /// snapshot, so every later request shares the bytes. Rendering them eagerly on every
 /// recompute cost memory nobody asked for: in the middle of a large rollout a report has
 /// a finding for every NodeENI not yet written, and the previous snapshot's renderings
-/// stayed alive next to the new ones (≈ 40 MB at 1000 nodes × 4 NodeENIs).
+/// stayed alive next to the new ones (≈ 25 MB at 1000 nodes × 4 NodeENIs).
 #[derive(Debug)]
 pub struct Snapshot {
     pub report: DriftReport,
@@ -294,7 +294,6 @@ pub async fn run(client: Client, git: Arc<dyn GitProvider>, opts: DriftOptions, 
 /// Recomputes drift on every change until `stop`, reading caches someone else keeps (the
 /// controller's, in `dpdk-reconciler run`); `changed` is notified on their every change.
 pub async fn run_on(caches: Caches, changed: Arc<Notify>, git: Arc<dyn GitProvider>, opts: DriftOptions, state: DriftState, stop: CancellationToken) {
-    let trigger = changed;
     tokio::select! {
         _ = stop.cancelled() => return,
         ok = caches.wait_until_ready() => if !ok { tracing::error!("drift caches stopped before their first list"); return; },
@@ -318,7 +317,7 @@ pub async fn run_on(caches: Caches, changed: Arc<Notify>, git: Arc<dyn GitProvid
 
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = trigger.notified() => {}
+            _ = changed.notified() => {}
             r = git_rx.changed(), if git_open => if r.is_err() { git_open = false; },
         }
         // Coalesce bursts, and never spend more than about a tenth of the time recomputing:
