@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use agent_support::{FakeNic, FakeNode};
 use dpdk_bridge::api::DpdkDriver;
 use dpdk_node_agent::journal::Journal;
-use dpdk_node_agent::modules::{self, ModuleConfig, ModuleHost};
+use dpdk_node_agent::modules::ModuleConfig;
 use dpdk_node_agent::reconcile::{self, NodeContext, Target};
 use dpdk_node_agent::safety::{HostNetwork, SafetyPolicy};
 use dpdk_node_agent::sysfs::{PciAddress, Sysfs};
@@ -44,20 +44,11 @@ fn one_round(n: u8) -> (Duration, Duration, Duration) {
     let nics = nics(n);
     let node = FakeNode::new(&nics);
     let sysfs = Sysfs::new(&node.sys);
-    let host = ModuleHost {
-        sysfs: &sysfs,
-        kernel: &node.kernel,
-        host_root: &node.host,
-        release: &node.release,
-    };
-    modules::ensure_loaded(
-        &host,
-        &ModuleConfig {
-            driver: DpdkDriver::VfioPci,
-            noiommu: false,
-            write_combining: false,
-        },
-    )
+    node.load_modules(&ModuleConfig {
+        driver: DpdkDriver::VfioPci,
+        noiommu: false,
+        write_combining: false,
+    })
     .expect("load");
     let (network, policy) = (HostNetwork::default(), SafetyPolicy::default());
     let ctx = NodeContext {

@@ -99,16 +99,8 @@ pub struct Agent {
 
 /// Entry point of `run`.
 pub fn run_main(args: RunArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!(error = %e, "cannot start the async runtime");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = crate::runtime::build(crate::runtime::Flavor::MultiThread { workers: Some(2) }) else {
+        return ExitCode::FAILURE;
     };
     let result = rt.block_on(async move {
         let client = Client::try_default().await?;

@@ -158,16 +158,7 @@ struct OneShotOutput<'a> {
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => Some(rt),
-        Err(e) => {
-            error!(error = %e, "cannot start the async runtime");
-            None
-        }
-    }
+    crate::runtime::build(crate::runtime::Flavor::CurrentThread)
 }
 
 fn exit(result: Result<(), Error>, what: &str) -> ExitCode {

@@ -15,6 +15,7 @@ pub mod report;
 pub mod commands;
 pub mod podresources;
 pub mod agent;
+mod runtime;
 mod signals;
 pub mod sim;
 

@@ -10,25 +10,18 @@ use std::panic::AssertUnwindSafe;
 use agent_support::{CRASH, FakeNic, FakeNode};
 use dpdk_bridge::api::DpdkDriver;
 use dpdk_node_agent::journal::{Journal, Phase};
-use dpdk_node_agent::modules::{self, ModuleConfig, ModuleHost};
+use dpdk_node_agent::modules::ModuleConfig;
 use dpdk_node_agent::reconcile::{self, NodeContext, Report, Target, health};
 use dpdk_node_agent::safety::{self, HostNetwork, InterfaceAddress, SafetyPolicy};
 use dpdk_node_agent::sysfs::{PciAddress, Sysfs};
 
 fn load_vfio(node: &FakeNode) {
-    let sysfs = Sysfs::new(&node.sys);
-    let host = ModuleHost {
-        sysfs: &sysfs,
-        kernel: &node.kernel,
-        host_root: &node.host,
-        release: &node.release,
-    };
     let cfg = ModuleConfig {
         driver: DpdkDriver::VfioPci,
         noiommu: false,
         write_combining: false,
     };
-    modules::ensure_loaded(&host, &cfg).expect("vfio-pci loads");
+    node.load_modules(&cfg).expect("vfio-pci loads");
     node.kernel.take_writes();
 }
 

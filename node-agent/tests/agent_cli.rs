@@ -12,8 +12,7 @@ use std::process::{Command, Output};
 use agent_support::{FakeNic, FakeNode};
 use dpdk_bridge::api::{DPDKNodeState, DPDKNodeStateSpec, DesiredDevice, DpdkDriver, SyncStatus};
 use dpdk_bridge::labels::NODE_READY_LABEL;
-use dpdk_node_agent::modules::{self, ModuleConfig, ModuleHost};
-use dpdk_node_agent::sysfs::Sysfs;
+use dpdk_node_agent::modules::{self, ModuleConfig};
 use dpdk_testenv::{ControlPlane, fixtures, shared, unique_name};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
@@ -42,21 +41,11 @@ fn agent(node: &FakeNode, args: &[&str], kubeconfig: Option<&Path>) -> Output {
 
 /// The modules are already loaded on this fake host (through the kernel model).
 fn preload(node: &FakeNode) {
-    let sysfs = Sysfs::new(&node.sys);
-    let host = ModuleHost {
-        sysfs: &sysfs,
-        kernel: &node.kernel,
-        host_root: &node.host,
-        release: &node.release,
-    };
-    modules::ensure_loaded(
-        &host,
-        &ModuleConfig {
-            driver: DpdkDriver::VfioPci,
-            noiommu: true,
-            write_combining: false,
-        },
-    )
+    node.load_modules(&ModuleConfig {
+        driver: DpdkDriver::VfioPci,
+        noiommu: true,
+        write_combining: false,
+    })
     .expect("preload");
 }
 

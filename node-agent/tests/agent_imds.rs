@@ -8,7 +8,7 @@ use agent_support::{FakeNic, FakeNode};
 use dpdk_bridge::api::{DesiredDevice, DpdkDriver};
 use dpdk_node_agent::journal::Journal;
 use dpdk_node_agent::mapping::{self, Imds};
-use dpdk_node_agent::modules::{self, ModuleConfig, ModuleHost};
+use dpdk_node_agent::modules::ModuleConfig;
 use dpdk_node_agent::reconcile::{self, NodeContext};
 use dpdk_node_agent::safety::{HostNetwork, SafetyPolicy};
 use dpdk_node_agent::sysfs::Sysfs;
@@ -149,20 +149,11 @@ async fn explicit_pci_address_and_the_journal_skip_imds() {
     assert!(stub.log().is_empty(), "no IMDS request: {:?}", stub.log());
 
     // Bind eni-0bbbb; its netdev disappears, so only the journal can still map it.
-    let host = ModuleHost {
-        sysfs: &sysfs,
-        kernel: &node.kernel,
-        host_root: &node.host,
-        release: &node.release,
-    };
-    modules::ensure_loaded(
-        &host,
-        &ModuleConfig {
-            driver: DpdkDriver::VfioPci,
-            noiommu: false,
-            write_combining: false,
-        },
-    )
+    node.load_modules(&ModuleConfig {
+        driver: DpdkDriver::VfioPci,
+        noiommu: false,
+        write_combining: false,
+    })
     .expect("load");
     let t = mapping::resolve(
         &desired(Some("eni-0bbbb"), None),

@@ -6,18 +6,10 @@ mod agent_support;
 
 use agent_support::{FakeNic, FakeNode};
 use dpdk_bridge::api::{DpdkDriver, WriteCombiningState};
-use dpdk_node_agent::modules::{self, ModuleConfig, ModuleHost};
-use dpdk_node_agent::sysfs::Sysfs;
+use dpdk_node_agent::modules::{self, ModuleConfig};
 
 fn load(node: &FakeNode, cfg: ModuleConfig) -> Result<modules::LoadResult, dpdk_node_agent::Error> {
-    let sysfs = Sysfs::new(&node.sys);
-    let host = ModuleHost {
-        sysfs: &sysfs,
-        kernel: &node.kernel,
-        host_root: &node.host,
-        release: &node.release,
-    };
-    modules::ensure_loaded(&host, &cfg)
+    node.load_modules(&cfg)
 }
 
 const VFIO_NOIOMMU: ModuleConfig = ModuleConfig {

@@ -7,10 +7,9 @@ use std::time::Duration;
 use dpdk_bridge::api::DpdkDriver;
 use dpdk_node_agent::device_plugin::{self, Config, DesiredDevice, DesiredState, Metrics};
 use dpdk_node_agent::kernel::Kernel;
-use dpdk_node_agent::modules::{self, ModuleConfig, ModuleHost};
+use dpdk_node_agent::modules::ModuleConfig;
 use dpdk_node_agent::sim::kubelet::{Devices, SimKubelet, capacity_patch};
 use dpdk_node_agent::sim::{SimNic, SimNode};
-use dpdk_node_agent::sysfs::Sysfs;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -45,19 +44,12 @@ async fn wait_for(
 async fn plugin_registers_and_the_kubelet_sees_its_devices() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let node = SimNode::create(tmp.path().join("node"), &[SimNic::ena(6)], true).expect("node");
-    let sysfs = Sysfs::new(&node.sys);
-    let host = ModuleHost {
-        sysfs: &sysfs,
-        kernel: &node.kernel,
-        host_root: &node.host,
-        release: &node.release,
-    };
     let cfg = ModuleConfig {
         driver: DpdkDriver::VfioPci,
         noiommu: false,
         write_combining: false,
     };
-    modules::ensure_loaded(&host, &cfg).expect("vfio-pci loads");
+    node.load_modules(&cfg).expect("vfio-pci loads");
     rebind(&node, "ena", "vfio-pci");
 
     let plugin_dir = tmp.path().join("device-plugins");

@@ -66,15 +66,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Entry point of the subcommand.
 pub fn main(args: DevicePluginArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the async runtime");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = crate::runtime::build(crate::runtime::Flavor::MultiThread { workers: None }) else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,

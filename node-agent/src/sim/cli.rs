@@ -31,8 +31,7 @@ use crate::device_plugin::cli::parse_duration;
 use crate::device_plugin::report::NodeReporter;
 use crate::device_plugin::{self, Config, DesiredState, Metrics};
 use crate::error::{Error, io_error};
-use crate::modules::{self, ModuleHost};
-use crate::sysfs::{PciAddress, Sysfs};
+use crate::sysfs::PciAddress;
 
 /// Which parts to run on every simulated node.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,16 +80,8 @@ const RESOURCE_PREFIX: &str = "intel.com";
 
 /// Entry point of `simulate`.
 pub fn main(args: SimulateArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!(error = %e, "cannot start the async runtime");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = crate::runtime::build(crate::runtime::Flavor::MultiThread { workers: Some(2) }) else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -294,15 +285,8 @@ async fn load(client: &Client, node: &str, sim: &SimNode) -> Result<(), Error> {
     let spec = crate::report::get_node_state(client, node)
         .await?
         .map(|s| s.spec);
-    let sysfs = Sysfs::new(&sim.sys);
-    let host = ModuleHost {
-        sysfs: &sysfs,
-        kernel: sim,
-        host_root: &sim.host,
-        release: &sim.release,
-    };
     for cfg in module_configs(&no_module_flags(), spec.as_ref()) {
-        match modules::ensure_loaded(&host, &cfg) {
+        match sim.load_modules(&cfg) {
             Ok(r) => {
                 for note in &r.notes {
                     warn!("{note}");

@@ -23,7 +23,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use crate::Error;
 use crate::kernel::Kernel;
+use crate::modules::{self, LoadResult, ModuleConfig, ModuleHost};
+use crate::sysfs::Sysfs;
 
 /// A NIC on the simulated node.
 #[derive(Clone, Debug)]
@@ -580,6 +583,13 @@ impl SimNode {
     /// simulated crash is forgotten.
     pub fn restart_agent(&mut self) {
         self.kernel.crash_at.store(0, Ordering::SeqCst);
+    }
+
+    /// Loads the modules `cfg` needs on this node, as the agent's `load` does on a host.
+    pub fn load_modules(&self, cfg: &ModuleConfig) -> Result<LoadResult, Error> {
+        let sysfs = Sysfs::new(&self.sys);
+        let host = ModuleHost { sysfs: &sysfs, kernel: self, host_root: &self.host, release: &self.release };
+        modules::ensure_loaded(&host, cfg)
     }
 }
 
