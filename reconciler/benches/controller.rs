@@ -17,14 +17,14 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write as _};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use dpdk_bridge::api::{
     DPDKConfig, DPDKConfigSpec, DpdkDriver, DriverOptions, NodeENI, NodeENISpec, NodeENIStatus,
     ResourceMapping,
 };
-use dpdk_testenv::{ControlPlane, StartOptions, fixtures};
+use dpdk_testenv::{ControlPlane, Reaper, StartOptions, fixtures};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
@@ -267,26 +267,6 @@ fn controller_writes(cp: &ControlPlane) -> Vec<(Timestamp, String, String, u64)>
     out
 }
 
-struct Controller(Child);
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn bench(nodes: usize, per_node: usize, concurrency: usize) -> Result<(), BoxErr> {
     let cp = ControlPlane::start(StartOptions {
         install_crds: true,
@@ -331,8 +311,7 @@ async fn bench(nodes: usize, per_node: usize, concurrency: usize) -> Result<(), 
         }
         None => Command::new(env!("CARGO_BIN_EXE_dpdk-reconciler")),
     };
-    let child = cmd
-        .args([
+    cmd.args([
             "run",
             "--no-leader-election",
             "--log-format",
@@ -348,10 +327,10 @@ async fn bench(nodes: usize, per_node: usize, concurrency: usize) -> Result<(), 
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
-    let pid = child.id();
-    let controller = Controller(child);
+        .stderr(log);
+    // Stopped with SIGTERM (10 s to exit) when the bench is done with it.
+    let controller = Reaper::spawn(cmd, Duration::from_secs(10))?;
+    let pid = controller.id();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if matches!(http_get(port, "/readyz"), Some((200, _))) {

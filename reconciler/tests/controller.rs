@@ -13,7 +13,7 @@ use dpdk_bridge::labels::{CONTROLLER_MANAGER, NODE_ENABLED_LABEL};
 use dpdk_bridge::plan::reason;
 use dpdk_bridge::ssa;
 use dpdk_reconciler::controller::{self, LeaderElectionConfig, Options, Telemetry};
-use dpdk_testenv::{fixtures, unique_name};
+use dpdk_testenv::{Reaper, fixtures, unique_name};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -34,31 +34,6 @@ async fn node_with_eni(admin: &Client, node: &str, group: &str, eni: &str, devic
     )
     .await
     .expect("attachment");
-}
-
-/// A child process killed when the test ends, even by a failed assertion.
-struct Reaper(std::process::Child);
-
-impl std::ops::Deref for Reaper {
-    type Target = std::process::Child;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Reaper {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 /// User + system CPU time of a process, from /proc (USER_HZ is 100 on Linux).
@@ -894,16 +869,16 @@ async fn the_run_subcommand_serves_health_and_metrics_and_reconciles() {
         .map(|a| a.port())
         .expect("port");
     let log = cp.data_dir().join(format!("{user}.log"));
-    let mut child = Reaper(std::process::Command::new(env!("CARGO_BIN_EXE_dpdk-reconciler"))
-        .args(["run", "--no-leader-election", "--log-format", "json"])
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dpdk-reconciler"));
+    cmd.args(["run", "--no-leader-election", "--log-format", "json"])
         .arg(format!("--config-selector={SHARD_LABEL}={shard}"))
         .arg(format!("--http-addr=127.0.0.1:{port}"))
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("dpdk-reconciler runs"));
+        .stderr(std::fs::File::create(&log).expect("log"));
+    // Killed when the test ends, even by a failed assertion.
+    let mut child = Reaper::spawn(cmd, Duration::ZERO).expect("dpdk-reconciler runs");
     eventually("/readyz 200", Duration::from_secs(60), || async {
         matches!(http_get(port, "/readyz"), Some((200, _))).then_some(())
     })

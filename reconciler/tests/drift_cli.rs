@@ -82,15 +82,6 @@ async fn diff_matches_the_endpoints_with_kubectl_diff_exit_codes() {
     w.stop().await;
 }
 
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `dpdk-reconciler run` serves the drift routes next to /metrics, fed by its own Git
 /// source and watches.
 #[tokio::test]
@@ -127,7 +118,7 @@ async fn the_run_binary_serves_drift() {
         .env("KUBECONFIG", cp.kubeconfig_path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    let _run = Kill(cmd.spawn().expect("run starts"));
+    let _run = dpdk_testenv::Reaper::spawn(cmd, std::time::Duration::ZERO).expect("run starts");
     let src: dpdk_bridge::api::DPDKConfigSource = serde_json::from_value(serde_json::json!({
         "apiVersion": "networking.k8s.aws/v1alpha1", "kind": "DPDKConfigSource",
         "metadata": {"name": "repo", "namespace": ns},
@@ -193,7 +184,7 @@ async fn run_without_drift_serves_no_drift_endpoints() {
         .env("KUBECONFIG", cp.kubeconfig_path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    let _run = Kill(cmd.spawn().expect("run starts"));
+    let _run = dpdk_testenv::Reaper::spawn(cmd, std::time::Duration::ZERO).expect("run starts");
     let get = |path: &'static str| http_get(port, path.to_string());
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     let metrics = loop {

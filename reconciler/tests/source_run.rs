@@ -3,7 +3,7 @@
 
 mod source_support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use dpdk_testenv::git_server::WorkRepo;
@@ -13,15 +13,6 @@ use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 use serde_json::json;
 use source_support::{config_yaml, github_signature, post};
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test]
 async fn the_run_binary_applies_sources_and_serves_their_webhooks() {
@@ -61,7 +52,7 @@ async fn the_run_binary_applies_sources_and_serves_their_webhooks() {
     .env("KUBECONFIG", cp.kubeconfig_path())
     .stdout(Stdio::null())
     .stderr(Stdio::null());
-    let _run = Kill(cmd.spawn().expect("run starts"));
+    let _run = dpdk_testenv::Reaper::spawn(cmd, std::time::Duration::ZERO).expect("run starts");
 
     let repo = WorkRepo::new().expect("repo");
     let name = unique_name("run-cfg");

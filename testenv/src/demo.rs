@@ -3,7 +3,7 @@
 //! examples-repo configs; then a short tour of what to look at.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dpdk_bridge::api::{DPDKConfig, NodeENI};
@@ -12,7 +12,7 @@ use kube::{Api, Client};
 
 use crate::control_plane::workspace_root;
 use crate::git_server::{HttpAuth, HttpsGitServer, WorkRepo};
-use crate::{ControlPlane, Error, Result, StartOptions, fixtures};
+use crate::{ControlPlane, Error, Reaper, Result, StartOptions, fixtures};
 
 /// Demo settings.
 #[derive(Clone, Debug)]
@@ -118,8 +118,8 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(io_err_demo)?)
         .stderr(log);
-    let child = crate::process::spawn_tied(cmd)?;
-    let mut children = vec![Watched { name: "dpdk-reconciler", child: Reaper(child), log: log_path.clone() }];
+    let child = Reaper::spawn(cmd, CHILD_GRACE)?;
+    let mut children = vec![Watched { name: "dpdk-reconciler", child, log: log_path.clone() }];
 
     // The node side, as the DaemonSets in deploy/dpdk-operator.yaml run it: one node agent
     // and one device plugin per simulated node, each on its node's fake sysfs tree. One
@@ -150,8 +150,8 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(io_err_demo)?)
             .stderr(log);
-        let child = crate::process::spawn_tied(cmd)?;
-        children.push(Watched { name, child: Reaper(child), log: log_path.clone() });
+        let child = Reaper::spawn(cmd, CHILD_GRACE)?;
+        children.push(Watched { name, child, log: log_path.clone() });
         node_logs.push((name, log_path));
     }
 
@@ -185,14 +185,8 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     Ok(())
 }
 
-/// Kills the child when the demo ends.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        crate::process::stop(&mut self.0, Duration::from_secs(5));
-    }
-}
+/// How long the demo's children get to stop on SIGTERM when it ends.
+const CHILD_GRACE: Duration = Duration::from_secs(5);
 
 /// A child the demo depends on, and its log (shown when it dies early).
 struct Watched {
@@ -308,7 +302,7 @@ async fn converge(client: &Client, revision: &str, nodes: usize, children: &mut 
             return Ok(());
         }
         for w in children.iter_mut() {
-            if let Ok(Some(status)) = w.child.0.try_wait() {
+            if let Ok(Some(status)) = w.child.try_wait() {
                 return Err(Error::Other(format!("{} exited ({status}) before the demo converged; {} ends with:\n{}", w.name, w.log.display(), crate::tail_file(&w.log, 20))));
             }
         }

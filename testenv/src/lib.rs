@@ -19,6 +19,7 @@ mod process;
 pub mod workload_pods;
 
 pub use binaries::{Binaries, ensure_binaries};
+pub use process::Reaper;
 pub use control_plane::{ControlPlane, StartOptions, shared, unique_name};
 
 /// Errors of the test environment.

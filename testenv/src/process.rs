@@ -68,3 +68,45 @@ pub(crate) fn stop(child: &mut Child, grace: std::time::Duration) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A child process that cannot outlive its owner: stopped when dropped (SIGTERM, then
+/// SIGKILL after the grace period; zero kills at once) and killed by the kernel if this
+/// process dies first. Derefs to the [`Child`].
+pub struct Reaper {
+    child: Child,
+    grace: std::time::Duration,
+}
+
+impl Reaper {
+    /// Spawns `cmd` tied to this process.
+    pub fn spawn(cmd: Command, grace: std::time::Duration) -> Result<Reaper> {
+        Ok(Reaper { child: spawn_tied(cmd)?, grace })
+    }
+}
+
+impl std::ops::Deref for Reaper {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.child
+    }
+}
+
+impl std::ops::DerefMut for Reaper {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        // An exited child is already reaped: its pid may belong to someone else now.
+        if let Ok(None) = self.child.try_wait() {
+            if self.grace.is_zero() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            } else {
+                stop(&mut self.child, self.grace);
+            }
+        }
+    }
+}
