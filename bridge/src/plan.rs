@@ -19,8 +19,9 @@
 //! - Teardown has two phases: first the node's DPDKNodeState loses the devices; only
 //!   when the agent reports them restored (or, for a node whose agent never reported,
 //!   after the teardown timeout) are NodeENI fields released, then the node label, then
-//!   the DPDKNodeState deleted. Each step is planned only once the previous one is
-//!   observed, so the order holds across restarts and leader changes.
+//!   the agent's `ready` label removed, then the DPDKNodeState deleted. Each step is
+//!   planned only once the previous one is observed, so the order holds across restarts
+//!   and leader changes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
@@ -34,7 +35,8 @@ use crate::api::{
 };
 use crate::conditions::{self, Health};
 use crate::labels::{
-    CONFIG_FINALIZER, CONTROLLER_MANAGER, NODE_ENABLED_LABEL, REVISION_ANNOTATION,
+    AGENT_MANAGER, CONFIG_FINALIZER, CONTROLLER_MANAGER, NODE_ENABLED_LABEL, NODE_READY_LABEL,
+    REVISION_ANNOTATION,
 };
 use crate::ssa::{self, DpdkFields};
 
@@ -141,6 +143,9 @@ pub enum Write {
     ReleaseNodeEni { name: String, uid: String },
     /// SSA without the label: releases the controller's ownership.
     ReleaseNodeLabel { node: String, uid: String },
+    /// Remove the node agent's `dpdk.aws.k8s/ready=true` label at the end of a teardown
+    /// (JSON patch guarded by the UID and the value), so the device plugin leaves too.
+    RemoveReadyLabel { node: String, uid: String },
     /// Delete the DPDKNodeState (UID precondition).
     DeleteNodeState { node: String, uid: String },
     /// SSA the DPDKConfig status subresource.
@@ -167,9 +172,10 @@ impl Write {
             Write::ApplyNodeEni { .. } => 3,
             Write::ReleaseNodeEni { .. } => 4,
             Write::ReleaseNodeLabel { .. } => 5,
-            Write::DeleteNodeState { .. } => 6,
-            Write::ConfigStatus { .. } => 7,
-            Write::RemoveFinalizer { .. } => 8,
+            Write::RemoveReadyLabel { .. } => 6,
+            Write::DeleteNodeState { .. } => 7,
+            Write::ConfigStatus { .. } => 8,
+            Write::RemoveFinalizer { .. } => 9,
         }
     }
 
@@ -182,9 +188,9 @@ impl Write {
             Write::ApplyNodeState { node, .. } | Write::DeleteNodeState { node, .. } => {
                 (Kind::NodeState, node)
             }
-            Write::SetNodeLabel { node, .. } | Write::ReleaseNodeLabel { node, .. } => {
-                (Kind::Node, node)
-            }
+            Write::SetNodeLabel { node, .. }
+            | Write::ReleaseNodeLabel { node, .. }
+            | Write::RemoveReadyLabel { node, .. } => (Kind::Node, node),
             Write::ApplyNodeEni { name, .. } | Write::ReleaseNodeEni { name, .. } => {
                 (Kind::NodeEni, name)
             }
@@ -200,6 +206,7 @@ impl Write {
             Write::ApplyNodeEni { .. } => "apply",
             Write::ReleaseNodeEni { .. } => "release",
             Write::ReleaseNodeLabel { .. } => "unlabel",
+            Write::RemoveReadyLabel { .. } => "unready",
             Write::DeleteNodeState { .. } => "delete",
             Write::ConfigStatus { .. } => "status",
             Write::RemoveFinalizer { .. } => "remove_finalizer",
@@ -536,6 +543,17 @@ impl<'s, 'a> Ctx<'s, 'a> {
 
     fn owned_label(&self, n: usize) -> bool {
         ssa::owned_by(self.node(n), CONTROLLER_MANAGER, &ssa::enabled_label_path())
+    }
+
+    /// The node carries the agent's `ready=true` and no `enabled` label at all: nothing
+    /// schedules the agent there any more, so its label would only keep the device plugin.
+    /// A `ready` label someone else set, or one on a node another party still enables, stays.
+    fn stale_ready_label(&self, n: usize) -> bool {
+        let meta = self.node(n);
+        let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k));
+        label(NODE_ENABLED_LABEL).is_none()
+            && label(NODE_READY_LABEL).map(String::as_str) == Some("true")
+            && ssa::owned_by(meta, AGENT_MANAGER, &ssa::ready_label_path())
     }
 
     fn owns_any_eni_field(&self, e: usize) -> bool {
@@ -1128,7 +1146,7 @@ impl<'s, 'a> Ctx<'s, 'a> {
         }
 
         // 5. Nodes no live config selects any more: empty the spec, wait for the agent,
-        //    then release the label, then delete the DPDKNodeState.
+        //    then release the label, remove the agent's ready label, delete the DPDKNodeState.
         let mut teardown_nodes: BTreeSet<&'a str> = BTreeSet::new();
         for &n in &my_nodes {
             if !node_configs.contains_key(&n) {
@@ -1182,6 +1200,13 @@ impl<'s, 'a> Ctx<'s, 'a> {
                 }
                 if self.owned_label(n) {
                     self.plan.writes.push(Write::ReleaseNodeLabel {
+                        node: name.to_string(),
+                        uid: self.node(n).uid.clone().unwrap_or_default(),
+                    });
+                    continue;
+                }
+                if state.is_some() && self.stale_ready_label(n) {
+                    self.plan.writes.push(Write::RemoveReadyLabel {
                         node: name.to_string(),
                         uid: self.node(n).uid.clone().unwrap_or_default(),
                     });
@@ -1884,6 +1909,18 @@ mod tests {
                     }
                     bump(n);
                 }
+                Write::RemoveReadyLabel { node, .. } => {
+                    let n = self
+                        .nodes
+                        .iter_mut()
+                        .find(|n| n.name.as_deref() == Some(node))
+                        .expect("node");
+                    n.labels
+                        .get_or_insert_with(BTreeMap::new)
+                        .remove(NODE_READY_LABEL);
+                    set_owner(n, AGENT_MANAGER, json!({}));
+                    bump(n);
+                }
                 Write::ApplyNodeEni { name, fields, .. } => {
                     let e = self
                         .enis
@@ -1992,6 +2029,33 @@ mod tests {
                     .collect(),
                 ..Default::default()
             });
+        }
+
+        /// A label set by `manager` with server-side apply.
+        fn label_node(&mut self, node: &str, key: &str, value: &str, manager: &str) {
+            let n = self
+                .nodes
+                .iter_mut()
+                .find(|n| n.name.as_deref() == Some(node))
+                .expect("node");
+            n.labels
+                .get_or_insert_with(BTreeMap::new)
+                .insert(key.into(), value.into());
+            set_owner(
+                n,
+                manager,
+                json!({"f:metadata": {"f:labels": {format!("f:{key}"): {}}}}),
+            );
+            bump(n);
+        }
+
+        fn label(&self, node: &str, key: &str) -> Option<&str> {
+            self.nodes
+                .iter()
+                .find(|n| n.name.as_deref() == Some(node))
+                .and_then(|n| n.labels.as_ref())
+                .and_then(|l| l.get(key))
+                .map(String::as_str)
         }
 
         fn delete_config(&mut self, name: &str) {
@@ -2558,6 +2622,7 @@ mod tests {
         let mut w = seed_world(1);
         w.converge();
         w.agent_reports("node-0");
+        w.label_node("node-0", NODE_READY_LABEL, "true", AGENT_MANAGER);
         w.converge();
         assert_eq!(ready_condition(&w, "default-dpdk-config").0, "True");
 
@@ -2600,7 +2665,10 @@ mod tests {
         assert_eq!(w.eni("multi-eni-dpdk").spec.enable_dpdk, Some(true));
         assert_eq!(w.node_label("node-0"), Some("true"));
 
-        // Phase 2: the agent restored the devices; then NodeENI, label, state, finalizer, in order.
+        assert_eq!(w.label("node-0", NODE_READY_LABEL), Some("true"));
+
+        // Phase 2: the agent restored the devices; then NodeENI, label, the agent's ready
+        // label, state, finalizer, in order.
         w.agent_reports("node-0");
         let mut order = Vec::new();
         for _ in 0..10 {
@@ -2618,11 +2686,18 @@ mod tests {
         }
         assert_eq!(
             order,
-            vec!["release", "unlabel", "delete", "remove_finalizer"]
+            vec![
+                "release",
+                "unlabel",
+                "unready",
+                "delete",
+                "remove_finalizer"
+            ]
         );
         assert!(w.cfg("default-dpdk-config").is_none());
         assert!(w.state("node-0").is_none());
         assert_eq!(w.node_label("node-0"), None);
+        assert_eq!(w.label("node-0", NODE_READY_LABEL), None);
         let e = w.eni("multi-eni-dpdk");
         assert_eq!(
             (
@@ -2630,6 +2705,41 @@ mod tests {
                 e.spec.dpdk_resource_name.as_ref()
             ),
             (None, None)
+        );
+    }
+
+    #[test]
+    fn teardown_keeps_a_ready_label_the_agent_does_not_own_or_another_party_still_enables() {
+        let mut w = seed_world(2);
+        w.converge();
+        w.agent_reports("node-0");
+        w.agent_reports("node-1");
+        // node-0: labelled ready by hand. node-1: the agent's label, but someone else
+        // enables the node too, so the agent stays scheduled there.
+        w.label_node("node-0", NODE_READY_LABEL, "true", "kubectl-label");
+        w.label_node("node-1", NODE_READY_LABEL, "true", AGENT_MANAGER);
+        w.label_node("node-1", NODE_ENABLED_LABEL, "true", "platform-team");
+        w.converge();
+
+        w.delete_config("default-dpdk-config");
+        w.apply(&w.plan());
+        w.agent_reports("node-0");
+        w.agent_reports("node-1");
+        let writes = w.converge();
+        assert!(
+            !writes
+                .iter()
+                .any(|x| matches!(x, Write::RemoveReadyLabel { .. })),
+            "{writes:?}"
+        );
+        assert!(w.cfg("default-dpdk-config").is_none(), "teardown finished");
+        assert!(w.state("node-0").is_none() && w.state("node-1").is_none());
+        assert_eq!(w.label("node-0", NODE_READY_LABEL), Some("true"));
+        assert_eq!(w.label("node-1", NODE_READY_LABEL), Some("true"));
+        assert_eq!(
+            w.node_label("node-1"),
+            Some("true"),
+            "the other party's label"
         );
     }
 

@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntr
 use serde_json::{Map, Value, json};
 
 use crate::api::{DPDKNodeStateSpec, DpdkDriver};
-use crate::labels::{CONTROLLER_MANAGER, NODE_ENABLED_LABEL};
+use crate::labels::{CONTROLLER_MANAGER, NODE_ENABLED_LABEL, NODE_READY_LABEL};
 
 /// The NodeENI spec fields the controller writes, as FieldsV1 paths.
 pub const NODEENI_ENABLE_PATH: [&str; 2] = ["f:spec", "f:enableDPDK"];
@@ -22,13 +22,23 @@ pub const NODEENI_PATHS: [[&str; 2]; 3] = [
     NODEENI_RESOURCE_PATH,
 ];
 
-/// `dpdk.aws.k8s/enabled` on a Node.
-pub fn enabled_label_path() -> [String; 3] {
+/// A label on an object's metadata, as a FieldsV1 path.
+fn label_path(label: &str) -> [String; 3] {
     [
         "f:metadata".to_string(),
         "f:labels".to_string(),
-        format!("f:{NODE_ENABLED_LABEL}"),
+        format!("f:{label}"),
     ]
+}
+
+/// `dpdk.aws.k8s/enabled` on a Node.
+pub fn enabled_label_path() -> [String; 3] {
+    label_path(NODE_ENABLED_LABEL)
+}
+
+/// `dpdk.aws.k8s/ready` on a Node (set by the node agent).
+pub fn ready_label_path() -> [String; 3] {
+    label_path(NODE_READY_LABEL)
 }
 
 /// True when a FieldsV1 set contains `path` (the leaf or anything under it).

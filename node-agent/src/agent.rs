@@ -148,6 +148,15 @@ pub fn run_main(args: RunArgs) -> ExitCode {
 struct Memory {
     primary_mac: Option<Option<String>>,
     labelled: bool,
+    /// The module notes of the last pass, so each is logged once, not on every sync.
+    notes: Vec<String>,
+}
+
+/// The notes in `now` that `last` did not have; `last` becomes `now`.
+fn new_notes(last: &mut Vec<String>, now: Vec<String>) -> Vec<String> {
+    let fresh = now.iter().filter(|n| !last.contains(n)).cloned().collect();
+    *last = now;
+    fresh
 }
 
 impl Agent {
@@ -226,7 +235,10 @@ impl Agent {
         let mut outcome = SyncOutcome::default();
 
         // 1. Modules, for every driver the spec uses (vfio-pci when it names none).
-        let (modules_status, module_error) = self.ensure_modules(spec);
+        let (modules_status, module_error, notes) = self.ensure_modules(spec);
+        for note in new_notes(&mut memory.notes, notes) {
+            warn!("{note}");
+        }
         outcome.modules = modules_status;
         outcome.module_error = module_error;
         if outcome.module_error.is_none() && !memory.labelled {
@@ -355,17 +367,21 @@ impl Agent {
         Ok(pending)
     }
 
-    fn ensure_modules(&self, spec: &DPDKNodeStateSpec) -> (Option<ModuleStatus>, Option<String>) {
+    fn ensure_modules(
+        &self,
+        spec: &DPDKNodeStateSpec,
+    ) -> (Option<ModuleStatus>, Option<String>, Vec<String>) {
         let host = ModuleHost {
             sysfs: &self.sysfs,
             kernel: self.kernel.as_ref(),
             host_root: &self.host.host_root,
             release: &self.release,
         };
-        let mut status = None;
+        let (mut status, mut notes) = (None, Vec::new());
         for cfg in module_configs(&self.module_args, Some(spec)) {
             match modules::ensure_loaded(&host, &cfg) {
                 Ok(r) => {
+                    notes.extend(r.notes);
                     if !r.loaded.is_empty() {
                         info!(modules = ?r.loaded, "loaded kernel modules (they were missing)");
                     }
@@ -374,10 +390,10 @@ impl Agent {
                         status = Some(r.status);
                     }
                 }
-                Err(e) => return (status, Some(e.to_string())),
+                Err(e) => return (status, Some(e.to_string()), notes),
             }
         }
-        (status, None)
+        (status, None, notes)
     }
 
     async fn primary_mac(&self, memory: &mut Memory) -> Option<String> {
@@ -458,5 +474,23 @@ async fn follow(
                 Ok(None) | Err(_) => break,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_notes;
+
+    #[test]
+    fn a_module_note_is_logged_once_until_it_goes_away() {
+        let wc = "write-combining requested but unavailable: mainline vfio-pci".to_string();
+        let mut last = Vec::new();
+        assert_eq!(new_notes(&mut last, vec![wc.clone()]), vec![wc.clone()]);
+        // Every later sync verifies again and sees the same note: nothing new to log.
+        assert!(new_notes(&mut last, vec![wc.clone()]).is_empty());
+        assert!(new_notes(&mut last, vec![wc.clone()]).is_empty());
+        // Gone (the config stopped asking), then back: logged again.
+        assert!(new_notes(&mut last, Vec::new()).is_empty());
+        assert_eq!(new_notes(&mut last, vec![wc.clone()]), vec![wc]);
     }
 }

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use dpdk_bridge::api::{DpdkDriver, ModuleStatus, WriteCombiningState, WriteCombiningStatus};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::error::{Error, io_error};
 use crate::kernel::Kernel;
@@ -302,10 +302,14 @@ pub fn ensure_loaded(host: &ModuleHost<'_>, config: &ModuleConfig) -> Result<Loa
     };
     let write_combining = write_combining_status(&wc_facts(host, &index, config)?);
     if write_combining.state == WriteCombiningState::Unavailable {
-        warn!(
-            reason = write_combining.reason.as_deref().unwrap_or(""),
-            "write-combining requested but unavailable"
-        );
+        // A note, not a log line: the agent re-verifies on every sync and logs a note once.
+        notes.push(format!(
+            "write-combining requested but unavailable: {}",
+            write_combining
+                .reason
+                .as_deref()
+                .unwrap_or("no reason given")
+        ));
     }
     let others = ["igb_uio", "uio_pci_generic"]
         .into_iter()

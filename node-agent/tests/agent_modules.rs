@@ -187,11 +187,20 @@ fn write_combining_is_reported_as_it_is() {
         "{:?}",
         r.status.write_combining
     );
+    assert!(
+        r.notes.iter().any(
+            |n| n.starts_with("write-combining requested but unavailable")
+                && n.contains("amzn-drivers")
+        ),
+        "the note the init container logs: {:?}",
+        r.notes
+    );
     let r = load(&node, VFIO_NOIOMMU).expect("loads");
     assert_eq!(
         r.status.write_combining.state,
         WriteCombiningState::Disabled
     );
+    assert!(r.notes.is_empty(), "not requested, no note: {:?}", r.notes);
 
     // A WC-patched vfio-pci-core (imports pci_iomap_wc) is detected.
     let node = FakeNode::new(&[]);

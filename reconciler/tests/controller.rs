@@ -9,11 +9,14 @@ use std::time::{Duration, Instant};
 
 use controller_common::*;
 use dpdk_bridge::api::{DPDKConfig, NodeENI};
-use dpdk_bridge::labels::{CONTROLLER_MANAGER, NODE_ENABLED_LABEL};
+use dpdk_bridge::labels::{
+    AGENT_MANAGER, CONTROLLER_MANAGER, NODE_ENABLED_LABEL, NODE_READY_LABEL,
+};
 use dpdk_bridge::plan::reason;
 use dpdk_bridge::ssa;
 use dpdk_reconciler::controller::{self, LeaderElectionConfig, Options, Telemetry};
 use dpdk_testenv::{Reaper, fixtures, unique_name};
+use k8s_openapi::api::core::v1::Node;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -420,6 +423,18 @@ async fn teardown_waits_for_the_agent_then_goes_in_order() {
     })
     .await;
     agent_reports(&admin, &node).await;
+    // The agent's `load` labels the node ready, by SSA as dpdk-node-agent.
+    Api::<Node>::all(admin.clone())
+        .patch_metadata(
+            &node,
+            &PatchParams::apply(AGENT_MANAGER),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": { "name": node, "labels": { NODE_READY_LABEL: "true" } }
+            })),
+        )
+        .await
+        .expect("ready label");
     wait_status(&admin, &name, "Ready", |s| s.ready_nodes == 1).await;
 
     Api::<DPDKConfig>::all(admin.clone())
@@ -442,6 +457,7 @@ async fn teardown_waits_for_the_agent_then_goes_in_order() {
         "NodeENI kept until the agent confirms"
     );
     assert_eq!(node_label(&admin, &node).await.as_deref(), Some("true"));
+    assert_eq!(ready_label(&admin, &node).await.as_deref(), Some("true"));
     assert!(
         get_config(&admin, &name).await.is_some(),
         "the finalizer holds the config"
@@ -479,6 +495,11 @@ async fn teardown_waits_for_the_agent_then_goes_in_order() {
         "attachments untouched"
     );
     assert_eq!(node_label(&admin, &node).await, None);
+    assert_eq!(
+        ready_label(&admin, &node).await,
+        None,
+        "the agent's label goes too"
+    );
     assert!(get_state(&admin, &node).await.is_none());
 
     // The order, from the API server's audit log.
@@ -496,9 +517,16 @@ async fn teardown_waits_for_the_agent_then_goes_in_order() {
     let release = pos("NodeENI release", &|w| {
         w.resource == "nodeenis" && w.name == eni && w.verb == "patch"
     });
-    let unlabel = pos("label removal", &|w| {
-        w.resource == "nodes" && w.name == node && w.verb == "patch"
-    });
+    // Two node patches: the enabled label released (SSA), then the ready label removed.
+    let node_patches: Vec<usize> = after
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| w.resource == "nodes" && w.name == node && w.verb == "patch")
+        .map(|(i, _)| i)
+        .collect();
+    let [unlabel, unready] = node_patches[..] else {
+        panic!("two node patches expected: {after:#?}")
+    };
     let delete = pos("state delete", &|w| {
         w.resource == "dpdknodestates" && w.name == node && w.verb == "delete"
     });
@@ -506,7 +534,7 @@ async fn teardown_waits_for_the_agent_then_goes_in_order() {
         w.resource == "dpdkconfigs" && w.name == name && w.subresource.is_empty()
     });
     assert!(
-        release < unlabel && unlabel < delete && delete < finalizer,
+        release < unlabel && unlabel < unready && unready < delete && delete < finalizer,
         "order: {after:#?}"
     );
     ctrl.stop().await;
@@ -816,8 +844,7 @@ async fn two_replicas_one_leader_failover_and_no_duplicate_writes() {
     assert_eq!(label_writes.len(), 1, "{new_writes:#?}");
     for w in &new_writes {
         assert!(
-            (w.resource == "nodes" && w.name == n2)
-                || (w.resource == "dpdknodestates" && w.name == n2)
+            ((w.resource == "nodes" || w.resource == "dpdknodestates") && w.name == n2)
                 || (w.resource == "dpdkconfigs" && w.name == name),
             "unexpected write by the new leader: {w:?}"
         );

@@ -172,9 +172,10 @@ fn trim_config(c: &mut DPDKConfig) {
 }
 
 fn trim_node(n: &mut PartialObjectMeta<Node>) {
-    // Only labels are compared (selectors); node annotations can be large.
-    let label = ssa::enabled_label_path();
-    let paths: [&[String]; 1] = [&label];
+    // Only labels are compared (selectors); node annotations can be large. Ownership of
+    // the enabled label (conflicts, release) and the agent's ready label (teardown) is read.
+    let (enabled, ready) = (ssa::enabled_label_path(), ssa::ready_label_path());
+    let paths: [&[String]; 2] = [&enabled, &ready];
     ssa::trim_managed_fields(&mut n.metadata, ssa::NO_MANAGER, &paths);
     n.metadata.annotations = None;
     n.metadata.owner_references = None;

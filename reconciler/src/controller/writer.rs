@@ -2,7 +2,7 @@
 //! manager `dpdk-controller`, UID preconditions, and apply conflicts turned into data.
 
 use dpdk_bridge::api::{DPDKConfig, DPDKNodeState, NodeENI};
-use dpdk_bridge::labels::{CONFIG_FINALIZER, CONTROLLER_MANAGER};
+use dpdk_bridge::labels::{CONFIG_FINALIZER, CONTROLLER_MANAGER, NODE_READY_LABEL};
 use dpdk_bridge::plan::{Kind, TEARDOWN_SINCE_ANNOTATION, Write};
 use dpdk_bridge::ssa::{self, FieldConflict};
 use k8s_openapi::api::core::v1::Node;
@@ -144,6 +144,29 @@ impl Writer {
                 let o = self
                     .nodes
                     .patch_metadata(node, &apply(false), &Patch::Apply(&body))
+                    .await?;
+                Ok(Outcome::Written(o.metadata.resource_version))
+            }
+            Write::RemoveReadyLabel { node, uid } => {
+                // The agent's label, not ours: a JSON patch removes it only while it is still
+                // `true` on the same node, so a label changed since the cache saw it stays.
+                let path = format!("/metadata/labels/{}", NODE_READY_LABEL.replace('/', "~1"));
+                let mut ops = Vec::new();
+                if !uid.is_empty() {
+                    ops.push(json!({ "op": "test", "path": "/metadata/uid", "value": uid }));
+                }
+                ops.push(json!({ "op": "test", "path": path, "value": "true" }));
+                ops.push(json!({ "op": "remove", "path": path }));
+                let patch: json_patch::Patch =
+                    serde_json::from_value(serde_json::Value::Array(ops))
+                        .map_err(kube::Error::SerdeError)?;
+                let pp = PatchParams {
+                    field_manager: Some(CONTROLLER_MANAGER.into()),
+                    ..Default::default()
+                };
+                let o = self
+                    .nodes
+                    .patch_metadata(node, &pp, &Patch::<()>::Json(patch))
                     .await?;
                 Ok(Outcome::Written(o.metadata.resource_version))
             }

@@ -185,13 +185,20 @@ pub async fn get_state(client: &Client, node: &str) -> Option<DPDKNodeState> {
 }
 
 pub async fn node_label(client: &Client, node: &str) -> Option<String> {
+    label_of(client, node, dpdk_bridge::labels::NODE_ENABLED_LABEL).await
+}
+
+/// The node's `dpdk.aws.k8s/ready` label.
+pub async fn ready_label(client: &Client, node: &str) -> Option<String> {
+    label_of(client, node, dpdk_bridge::labels::NODE_READY_LABEL).await
+}
+
+async fn label_of(client: &Client, node: &str, key: &str) -> Option<String> {
     let n = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
         .get(node)
         .await
         .expect("get node");
-    n.metadata
-        .labels
-        .and_then(|l| l.get(dpdk_bridge::labels::NODE_ENABLED_LABEL).cloned())
+    n.metadata.labels.and_then(|l| l.get(key).cloned())
 }
 
 pub async fn set_node_labels(client: &Client, node: &str, labels: Value) {
