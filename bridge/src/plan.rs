@@ -1878,27 +1878,10 @@ mod tests {
                     .states
                     .retain(|s| s.metadata.name.as_deref() != Some(node)),
                 Write::SetNodeLabel { node, .. } => {
-                    let n = self
-                        .nodes
-                        .iter_mut()
-                        .find(|n| n.name.as_deref() == Some(node))
-                        .expect("node");
-                    n.labels
-                        .get_or_insert_with(BTreeMap::new)
-                        .insert(NODE_ENABLED_LABEL.into(), "true".into());
-                    set_owner(
-                        n,
-                        CONTROLLER_MANAGER,
-                        json!({"f:metadata": {"f:labels": {format!("f:{NODE_ENABLED_LABEL}"): {}}}}),
-                    );
-                    bump(n);
+                    self.label_node(node, NODE_ENABLED_LABEL, "true", CONTROLLER_MANAGER)
                 }
                 Write::ReleaseNodeLabel { node, .. } => {
-                    let n = self
-                        .nodes
-                        .iter_mut()
-                        .find(|n| n.name.as_deref() == Some(node))
-                        .expect("node");
+                    let n = self.node_mut(node);
                     set_owner(n, CONTROLLER_MANAGER, json!({}));
                     if ssa::other_owners(n, &ssa::enabled_label_path(), CONTROLLER_MANAGER)
                         .is_empty()
@@ -1910,11 +1893,7 @@ mod tests {
                     bump(n);
                 }
                 Write::RemoveReadyLabel { node, .. } => {
-                    let n = self
-                        .nodes
-                        .iter_mut()
-                        .find(|n| n.name.as_deref() == Some(node))
-                        .expect("node");
+                    let n = self.node_mut(node);
                     n.labels
                         .get_or_insert_with(BTreeMap::new)
                         .remove(NODE_READY_LABEL);
@@ -1999,12 +1978,9 @@ mod tests {
                 .expect("eni")
         }
 
+        /// The node's `enabled` label.
         fn node_label(&self, node: &str) -> Option<&str> {
-            self.nodes
-                .iter()
-                .find(|n| n.name.as_deref() == Some(node))
-                .and_then(|n| n.labels.as_ref()?.get(NODE_ENABLED_LABEL))
-                .map(String::as_str)
+            self.label(node, NODE_ENABLED_LABEL)
         }
 
         /// The node agent: reports the spec as done (bound devices) at the current generation.
@@ -2031,13 +2007,16 @@ mod tests {
             });
         }
 
-        /// A label set by `manager` with server-side apply.
-        fn label_node(&mut self, node: &str, key: &str, value: &str, manager: &str) {
-            let n = self
-                .nodes
+        fn node_mut(&mut self, node: &str) -> &mut ObjectMeta {
+            self.nodes
                 .iter_mut()
                 .find(|n| n.name.as_deref() == Some(node))
-                .expect("node");
+                .expect("node")
+        }
+
+        /// A label set by `manager` with server-side apply.
+        fn label_node(&mut self, node: &str, key: &str, value: &str, manager: &str) {
+            let n = self.node_mut(node);
             n.labels
                 .get_or_insert_with(BTreeMap::new)
                 .insert(key.into(), value.into());
