@@ -94,8 +94,8 @@ pub struct SourcePatch {
 
 /// The latest drift: the report, and its renderings made at most once each.
 ///
-/// The JSON and the diff are rendered on the first request for them and kept with the
-/// snapshot, so every later request shares the bytes. Rendering them eagerly on every
+/// The JSON, the diff and each source's patch are rendered on the first request for them
+/// and kept with the snapshot, so every later request shares the bytes. Rendering them eagerly on every
 /// recompute cost memory nobody asked for: in the middle of a large rollout a report has
 /// a finding for every NodeENI not yet written, and the previous snapshot's renderings
 /// stayed alive next to the new ones (≈ 25 MB at 1000 nodes × 4 NodeENIs).
@@ -108,6 +108,8 @@ pub struct Snapshot {
     bodies: Vec<String>,
     json: OnceLock<Bytes>,
     diff: OnceLock<Bytes>,
+    /// Each source's patch (`bodies` with its header), as `sources`.
+    patches: Vec<OnceLock<Bytes>>,
 }
 
 impl Snapshot {
@@ -118,7 +120,8 @@ impl Snapshot {
         report.findings.shrink_to_fit();
         // Each source's file changes are made once, for the diff and the patch.
         let bodies = sources.iter().map(|s| render_patch(&file_changes(s, &report.findings, live.clone()))).collect();
-        Snapshot { report, sources: sources.to_vec(), bodies, json: OnceLock::new(), diff: OnceLock::new() }
+        let patches = sources.iter().map(|_| OnceLock::new()).collect();
+        Snapshot { report, sources: sources.to_vec(), bodies, json: OnceLock::new(), diff: OnceLock::new(), patches }
     }
 
     /// The report as JSON (`/drift`).
@@ -139,8 +142,10 @@ impl Snapshot {
     /// One source's layer-1 patch (`/drift.patch?source=`); its text is empty when the
     /// source has no layer-1 drift.
     pub fn patch(&self, source: &str) -> Option<SourcePatch> {
-        let (s, body) = self.sources.iter().zip(&self.bodies).find(|(s, _)| s.key.as_ref().is_some_and(|k| k.to_string() == source))?;
-        Some(SourcePatch { revision: s.revision.clone(), text: Bytes::from(render_source_patch_with(&self.report, s, body)) })
+        let i = self.sources.iter().position(|s| s.key.as_ref().is_some_and(|k| k.to_string() == source))?;
+        let s = &self.sources[i];
+        let text = self.patches[i].get_or_init(|| Bytes::from(render_source_patch_with(&self.report, s, &self.bodies[i]))).clone();
+        Some(SourcePatch { revision: s.revision.clone(), text })
     }
 }
 
