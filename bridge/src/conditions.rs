@@ -48,7 +48,12 @@ pub fn is_ready(conditions: &[Condition]) -> bool {
 }
 
 /// Rewrites the kstatus conditions for `health`, observed at `generation`.
-pub fn apply_health(conditions: &mut Vec<Condition>, health: &Health, generation: Option<i64>, now: &Time) {
+pub fn apply_health(
+    conditions: &mut Vec<Condition>,
+    health: &Health,
+    generation: Option<i64>,
+    now: &Time,
+) {
     let cond = |type_: &str, status: &str, reason: &str, message: &str| Condition {
         type_: type_.to_string(),
         status: status.to_string(),
@@ -88,25 +93,68 @@ mod tests {
     #[test]
     fn ready_removes_abnormal_conditions() {
         let mut c = vec![];
-        apply_health(&mut c, &Health::Stalled { reason: "FetchFailed".into(), message: "x".into() }, Some(1), &t(10));
+        apply_health(
+            &mut c,
+            &Health::Stalled {
+                reason: "FetchFailed".into(),
+                message: "x".into(),
+            },
+            Some(1),
+            &t(10),
+        );
         assert!(find(&c, STALLED).is_some());
         assert!(!is_ready(&c));
-        apply_health(&mut c, &Health::Ready { reason: "Applied".into(), message: "ok".into() }, Some(2), &t(20));
+        apply_health(
+            &mut c,
+            &Health::Ready {
+                reason: "Applied".into(),
+                message: "ok".into(),
+            },
+            Some(2),
+            &t(20),
+        );
         assert!(is_ready(&c));
         assert!(find(&c, STALLED).is_none());
         assert!(find(&c, RECONCILING).is_none());
-        assert_eq!(find(&c, READY).map(|c| c.observed_generation), Some(Some(2)));
+        assert_eq!(
+            find(&c, READY).map(|c| c.observed_generation),
+            Some(Some(2))
+        );
     }
 
     #[test]
     fn transition_time_kept_when_status_unchanged() {
         let mut c = vec![];
-        apply_health(&mut c, &Health::Ready { reason: "A".into(), message: "a".into() }, Some(1), &t(10));
-        apply_health(&mut c, &Health::Ready { reason: "B".into(), message: "b".into() }, Some(2), &t(20));
+        apply_health(
+            &mut c,
+            &Health::Ready {
+                reason: "A".into(),
+                message: "a".into(),
+            },
+            Some(1),
+            &t(10),
+        );
+        apply_health(
+            &mut c,
+            &Health::Ready {
+                reason: "B".into(),
+                message: "b".into(),
+            },
+            Some(2),
+            &t(20),
+        );
         let ready = find(&c, READY).expect("ready present");
         assert_eq!(ready.last_transition_time, t(10));
         assert_eq!(ready.reason, "B");
-        apply_health(&mut c, &Health::Progressing { reason: "C".into(), message: "c".into() }, Some(3), &t(30));
+        apply_health(
+            &mut c,
+            &Health::Progressing {
+                reason: "C".into(),
+                message: "c".into(),
+            },
+            Some(3),
+            &t(30),
+        );
         assert_eq!(find(&c, READY).expect("ready").last_transition_time, t(30));
         assert!(find(&c, RECONCILING).is_some());
     }

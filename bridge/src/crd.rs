@@ -14,7 +14,11 @@ pub const NODEENI_CRD_PATH: &str = "deploy/testing/nodeeni-crd.yaml";
 
 /// Our three CRDs, in the order they are written.
 pub fn dpdk_crds() -> Vec<CustomResourceDefinition> {
-    vec![DPDKConfig::crd(), DPDKNodeState::crd(), DPDKConfigSource::crd()]
+    vec![
+        DPDKConfig::crd(),
+        DPDKNodeState::crd(),
+        DPDKConfigSource::crd(),
+    ]
 }
 
 /// The NodeENI mirror's CRD (tests and demo only; the Multi-ENI Controller owns the real one).
@@ -32,7 +36,8 @@ pub fn render(header: &str, crds: &[CustomResourceDefinition]) -> Result<String,
     }
     for crd in crds {
         let name = crd.metadata.name.clone().unwrap_or_default();
-        let yaml = serde_yaml::to_string(crd).map_err(|source| Error::RenderCrd { name, source })?;
+        let yaml =
+            serde_yaml::to_string(crd).map_err(|source| Error::RenderCrd { name, source })?;
         out.push_str("---\n");
         out.push_str(&yaml);
     }
@@ -73,7 +78,12 @@ mod tests {
             .as_array()
             .map(|a| {
                 a.iter()
-                    .map(|r| (r["rule"].as_str().unwrap_or("").to_string(), r["message"].as_str().unwrap_or("").to_string()))
+                    .map(|r| {
+                        (
+                            r["rule"].as_str().unwrap_or("").to_string(),
+                            r["message"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -85,19 +95,40 @@ mod tests {
         let spec = &s["properties"]["spec"];
         let mapping = &spec["properties"]["resourceMapping"];
         assert_eq!(mapping["x-kubernetes-list-type"], "map");
-        assert_eq!(mapping["x-kubernetes-list-map-keys"], serde_json::json!(["deviceIndex"]));
+        assert_eq!(
+            mapping["x-kubernetes-list-map-keys"],
+            serde_json::json!(["deviceIndex"])
+        );
         let item = &mapping["items"]["properties"];
         let di = rules(&item["deviceIndex"]);
-        assert!(di.iter().any(|(r, m)| r == "self >= 1" && m.contains("primary ENI")), "{di:?}");
+        assert!(
+            di.iter()
+                .any(|(r, m)| r == "self >= 1" && m.contains("primary ENI")),
+            "{di:?}"
+        );
         let rn = rules(&item["resourceName"]);
-        assert!(rn.iter().any(|(_, m)| m.contains("resourceName") && m.contains("<domain>/<name>")), "{rn:?}");
+        assert!(
+            rn.iter()
+                .any(|(_, m)| m.contains("resourceName") && m.contains("<domain>/<name>")),
+            "{rn:?}"
+        );
         let drivers = &item["driver"]["enum"];
-        assert_eq!(drivers, &serde_json::json!(["vfio-pci", "igb_uio", "uio_pci_generic"]));
+        assert_eq!(
+            drivers,
+            &serde_json::json!(["vfio-pci", "igb_uio", "uio_pci_generic"])
+        );
         let ns = rules(&spec["properties"]["nodeSelector"]);
-        assert!(ns.iter().any(|(r, m)| r == "size(self) > 0" && m.contains("nodeSelector")), "{ns:?}");
+        assert!(
+            ns.iter()
+                .any(|(r, m)| r == "size(self) > 0" && m.contains("nodeSelector")),
+            "{ns:?}"
+        );
         assert_eq!(spec["required"], serde_json::json!(["nodeSelector"]));
         let opts = &spec["properties"]["driverOptions"]["properties"];
-        assert!(opts.get("writeCombing").is_some(), "the seed's misspelling must survive structural pruning");
+        assert!(
+            opts.get("writeCombing").is_some(),
+            "the seed's misspelling must survive structural pruning"
+        );
         assert_eq!(opts["enableUnsafeNoIOMMU"]["default"], true);
     }
 
@@ -112,10 +143,19 @@ mod tests {
             .flatten()
             .map(|c| c.name.clone())
             .collect();
-        assert_eq!(cols, ["Ready", "ReadyNodes", "MatchedNodes", "Revision", "Age"]);
+        assert_eq!(
+            cols,
+            ["Ready", "ReadyNodes", "MatchedNodes", "Revision", "Age"]
+        );
         let ns = DPDKNodeState::crd();
         assert_eq!(ns.spec.names.short_names, Some(vec!["dpdkns".to_string()]));
-        assert!(ns.spec.versions[0].subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+        assert!(
+            ns.spec.versions[0]
+                .subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some()
+        );
         let src = DPDKConfigSource::crd();
         assert_eq!(src.spec.scope, "Namespaced");
     }
@@ -126,11 +166,48 @@ mod tests {
         let att = &s["properties"]["status"]["properties"]["attachments"];
         // Upstream leaves the list atomic (no list-type); our mirror must too.
         assert!(att.get("x-kubernetes-list-type").is_none());
-        for f in ["nodeID", "instanceID", "eniID", "attachmentID", "subnetID", "subnetCIDR", "mtu", "deviceIndex", "status", "lastUpdated", "dpdkBound", "dpdkDriver", "dpdkResourceName", "dpdkPCIAddress"] {
-            assert!(att["items"]["properties"].get(f).is_some(), "attachment field {f} missing");
+        for f in [
+            "nodeID",
+            "instanceID",
+            "eniID",
+            "attachmentID",
+            "subnetID",
+            "subnetCIDR",
+            "mtu",
+            "deviceIndex",
+            "status",
+            "lastUpdated",
+            "dpdkBound",
+            "dpdkDriver",
+            "dpdkResourceName",
+            "dpdkPCIAddress",
+        ] {
+            assert!(
+                att["items"]["properties"].get(f).is_some(),
+                "attachment field {f} missing"
+            );
         }
-        for f in ["nodeSelector", "subnetID", "subnetIDs", "subnetName", "subnetNames", "securityGroupIDs", "securityGroupNames", "deviceIndex", "deleteOnTermination", "description", "mtu", "enableDPDK", "dpdkDriver", "dpdkResourceName", "dpdkPCIAddress"] {
-            assert!(s["properties"]["spec"]["properties"].get(f).is_some(), "spec field {f} missing");
+        for f in [
+            "nodeSelector",
+            "subnetID",
+            "subnetIDs",
+            "subnetName",
+            "subnetNames",
+            "securityGroupIDs",
+            "securityGroupNames",
+            "deviceIndex",
+            "deleteOnTermination",
+            "description",
+            "mtu",
+            "enableDPDK",
+            "dpdkDriver",
+            "dpdkResourceName",
+            "dpdkPCIAddress",
+        ] {
+            assert!(
+                s["properties"]["spec"]["properties"].get(f).is_some(),
+                "spec field {f} missing"
+            );
         }
     }
 }

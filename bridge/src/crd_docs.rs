@@ -1,7 +1,9 @@
 //! Renders a Markdown field reference from the generated CRD schemas, so the docs can
 //! never disagree with what the API server enforces (`docs/crd-reference.md`).
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{CustomResourceDefinition, JSONSchemaProps};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps,
+};
 
 /// Path of the generated reference, relative to the workspace root.
 pub const CRD_REFERENCE_PATH: &str = "docs/crd-reference.md";
@@ -15,23 +17,42 @@ pub fn render(crds: &[CustomResourceDefinition]) -> String {
     );
     for crd in crds {
         let names = &crd.spec.names;
-        let Some(version) = crd.spec.versions.first() else { continue };
+        let Some(version) = crd.spec.versions.first() else {
+            continue;
+        };
         out.push_str(&format!("\n## {}\n\n", names.kind));
         out.push_str(&format!(
             "- Name: `{}`; scope: {}; short names: {}\n",
             crd.metadata.name.as_deref().unwrap_or(""),
             crd.spec.scope,
-            names.short_names.as_ref().map(|s| s.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")).unwrap_or_else(|| "none".into())
+            names
+                .short_names
+                .as_ref()
+                .map(|s| s
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_else(|| "none".into())
         ));
         if let Some(cols) = &version.additional_printer_columns {
-            let cols: Vec<String> = cols.iter().map(|c| format!("{} (`{}`)", c.name, c.json_path)).collect();
+            let cols: Vec<String> = cols
+                .iter()
+                .map(|c| format!("{} (`{}`)", c.name, c.json_path))
+                .collect();
             out.push_str(&format!("- `kubectl get` columns: {}\n", cols.join(", ")));
         }
-        if let Some(schema) = version.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()) {
+        if let Some(schema) = version
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+        {
             if let Some(d) = &schema.description {
                 out.push_str(&format!("\n{}\n", d.trim()));
             }
-            out.push_str("\n| Field | Type | Required | Default | Description |\n|---|---|---|---|---|\n");
+            out.push_str(
+                "\n| Field | Type | Required | Default | Description |\n|---|---|---|---|---|\n",
+            );
             let props = schema.properties.as_ref();
             for top in ["spec", "status"] {
                 if let Some(p) = props.and_then(|p| p.get(top)) {
@@ -52,7 +73,9 @@ fn type_of(p: &JSONSchemaProps) -> String {
             });
             format!("[]{}", item.unwrap_or_else(|| "any".into()))
         }
-        Some("object") if p.properties.is_none() && p.additional_properties.is_some() => "map[string]string".into(),
+        Some("object") if p.properties.is_none() && p.additional_properties.is_some() => {
+            "map[string]string".into()
+        }
         Some(t) => t.to_string(),
         None if p.x_kubernetes_int_or_string == Some(true) => "int-or-string".into(),
         None => "any".into(),
@@ -66,7 +89,17 @@ fn escape(s: &str) -> String {
 fn rows(out: &mut String, path: &str, p: &JSONSchemaProps, required: bool) {
     let mut desc = p.description.clone().unwrap_or_default();
     if let Some(e) = &p.enum_ {
-        let vals: Vec<String> = e.iter().map(|v| format!("`{}`", v.0.as_str().map(str::to_string).unwrap_or_else(|| v.0.to_string()))).collect();
+        let vals: Vec<String> = e
+            .iter()
+            .map(|v| {
+                format!(
+                    "`{}`",
+                    v.0.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.0.to_string())
+                )
+            })
+            .collect();
         desc.push_str(&format!(" One of: {}.", vals.join(", ")));
     }
     if let Some(min) = p.minimum {
@@ -83,9 +116,20 @@ fn rows(out: &mut String, path: &str, p: &JSONSchemaProps, required: bool) {
         desc.push('.');
     }
     for v in p.x_kubernetes_validations.iter().flatten() {
-        desc.push_str(&format!(" Rule: `{}`{}.", v.rule, v.message.as_ref().map(|m| format!(" — \"{m}\"")).unwrap_or_default()));
+        desc.push_str(&format!(
+            " Rule: `{}`{}.",
+            v.rule,
+            v.message
+                .as_ref()
+                .map(|m| format!(" — \"{m}\""))
+                .unwrap_or_default()
+        ));
     }
-    let default = p.default.as_ref().map(|d| format!("`{}`", d.0)).unwrap_or_default();
+    let default = p
+        .default
+        .as_ref()
+        .map(|d| format!("`{}`", d.0))
+        .unwrap_or_default();
     out.push_str(&format!(
         "| `{}` | {} | {} | {} | {} |\n",
         path,

@@ -15,15 +15,24 @@ fn check(rel: &str, want: String) {
 
 #[test]
 fn dpdk_crd_yaml_is_fresh() {
-    check(dpdk_bridge::crd::DPDK_CRD_PATH, dpdk_bridge::crd::render_dpdk_crds().expect("render"));
+    check(
+        dpdk_bridge::crd::DPDK_CRD_PATH,
+        dpdk_bridge::crd::render_dpdk_crds().expect("render"),
+    );
 }
 
 #[test]
 fn nodeeni_crd_yaml_is_fresh() {
-    check(dpdk_bridge::crd::NODEENI_CRD_PATH, dpdk_bridge::crd::render_nodeeni_crd().expect("render"));
+    check(
+        dpdk_bridge::crd::NODEENI_CRD_PATH,
+        dpdk_bridge::crd::render_nodeeni_crd().expect("render"),
+    );
 }
 
 #[test]
 fn crd_reference_doc_is_fresh() {
-    check(dpdk_bridge::crd_docs::CRD_REFERENCE_PATH, dpdk_bridge::crd_docs::render(&dpdk_bridge::crd::dpdk_crds()));
+    check(
+        dpdk_bridge::crd_docs::CRD_REFERENCE_PATH,
+        dpdk_bridge::crd_docs::render(&dpdk_bridge::crd::dpdk_crds()),
+    );
 }

@@ -99,7 +99,8 @@ pub struct Agent {
 
 /// Entry point of `run`.
 pub fn run_main(args: RunArgs) -> ExitCode {
-    let Some(rt) = crate::runtime::build(crate::runtime::Flavor::MultiThread { workers: Some(2) }) else {
+    let Some(rt) = crate::runtime::build(crate::runtime::Flavor::MultiThread { workers: Some(2) })
+    else {
         return ExitCode::FAILURE;
     };
     let result = rt.block_on(async move {

@@ -20,7 +20,11 @@ pub enum Error {
     Sysfs { path: String, message: String },
     // --- kubelet device plugin ---
     #[error("registering {resource} with the kubelet at {kubelet_socket}: {message}")]
-    Register { resource: String, kubelet_socket: String, message: String },
+    Register {
+        resource: String,
+        kubelet_socket: String,
+        message: String,
+    },
     #[error("watching {path}: {source}")]
     Watch {
         path: String,
@@ -41,25 +45,44 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("driver {driver} is not registered ({path} is missing), so {address} cannot be bound to it: load its module first (`dpdk-node-agent load`)")]
-    DriverNotRegistered { driver: String, address: String, path: String },
+    #[error(
+        "driver {driver} is not registered ({path} is missing), so {address} cannot be bound to it: load its module first (`dpdk-node-agent load`)"
+    )]
+    DriverNotRegistered {
+        driver: String,
+        address: String,
+        path: String,
+    },
     #[error("binding {address} to {driver} failed: {detail} (driver now: {})", actual.as_deref().unwrap_or("none"))]
-    BindFailed { address: String, driver: String, actual: Option<String>, detail: String },
+    BindFailed {
+        address: String,
+        driver: String,
+        actual: Option<String>,
+        detail: String,
+    },
     #[error("journal {path}: {message}")]
     Journal { path: String, message: String },
     // --- kernel modules (node agent) ---
     #[error("{path}: {message}")]
     ModulesDep { path: String, message: String },
     #[error("kernel module {module} not found in {dir}: {hint}")]
-    ModuleNotFound { module: String, dir: String, hint: String },
-    #[error("permission denied loading kernel module {module} ({path}): loading modules needs CAP_SYS_MODULE, so run the driver-loader container privileged ({source})")]
+    ModuleNotFound {
+        module: String,
+        dir: String,
+        hint: String,
+    },
+    #[error(
+        "permission denied loading kernel module {module} ({path}): loading modules needs CAP_SYS_MODULE, so run the driver-loader container privileged ({source})"
+    )]
     ModulePermissionDenied {
         module: String,
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("loading kernel module {module} from {path}: {source} (the kernel log says why: dmesg)")]
+    #[error(
+        "loading kernel module {module} from {path}: {source} (the kernel log says why: dmesg)"
+    )]
     ModuleLoad {
         module: String,
         path: String,
@@ -68,7 +91,9 @@ pub enum Error {
     },
     #[error("kernel module {module} is not active after loading: {path} is missing")]
     ModuleNotVerified { module: String, path: String },
-    #[error("kernel {release} was built without CONFIG_VFIO_NOIOMMU, so vfio has no enable_unsafe_noiommu_mode parameter (Debian's kernels lack it; {evidence}), and this node has no IOMMU for vfio-pci to use: enable the IOMMU (intel_iommu=on or amd_iommu=on), run a kernel built with CONFIG_VFIO_NOIOMMU=y, or use igb_uio / uio_pci_generic")]
+    #[error(
+        "kernel {release} was built without CONFIG_VFIO_NOIOMMU, so vfio has no enable_unsafe_noiommu_mode parameter (Debian's kernels lack it; {evidence}), and this node has no IOMMU for vfio-pci to use: enable the IOMMU (intel_iommu=on or amd_iommu=on), run a kernel built with CONFIG_VFIO_NOIOMMU=y, or use igb_uio / uio_pci_generic"
+    )]
     NoIommuUnsupported { release: String, evidence: String },
     // --- ENI mapping (node agent) ---
     #[error("IMDS {url}: {message}")]
@@ -84,7 +109,10 @@ pub enum Error {
 
 /// An [`Error::Io`] naming the path.
 pub fn io_error(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Error {
-    Error::Io { path: path.as_ref().display().to_string(), source }
+    Error::Io {
+        path: path.as_ref().display().to_string(),
+        source,
+    }
 }
 
 /// Explains EACCES/EPERM the way an operator needs to hear it.

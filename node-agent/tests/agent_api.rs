@@ -53,7 +53,8 @@ fn kernel(node: &FakeNode) -> &KernelModel {
 
 fn apply_rbac(cp: &ControlPlane) {
     let file = dpdk_testenv::control_plane::workspace_root().join("deploy/dpdk-operator.yaml");
-    cp.kubectl_apply_once(&file).expect("node-agent RBAC applies");
+    cp.kubectl_apply_once(&file)
+        .expect("node-agent RBAC applies");
 }
 
 fn agent(

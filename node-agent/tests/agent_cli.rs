@@ -59,7 +59,8 @@ fn service_account_kubeconfig(cp: &ControlPlane, dir: &Path) -> PathBuf {
 
 fn apply_rbac(cp: &ControlPlane) {
     let file = dpdk_testenv::control_plane::workspace_root().join("deploy/dpdk-operator.yaml");
-    cp.kubectl_apply_once(&file).expect("node-agent RBAC applies");
+    cp.kubectl_apply_once(&file)
+        .expect("node-agent RBAC applies");
 }
 
 #[test]

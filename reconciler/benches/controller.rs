@@ -312,22 +312,26 @@ async fn bench(nodes: usize, per_node: usize, concurrency: usize) -> Result<(), 
         None => Command::new(env!("CARGO_BIN_EXE_dpdk-reconciler")),
     };
     cmd.args([
-            "run",
-            "--no-leader-election",
-            "--log-format",
-            "json",
-            "--resync-interval",
-            "2s",
-        ])
-        .arg(format!("--http-addr=127.0.0.1:{port}"))
-        .arg(format!("--concurrency={concurrency}"))
-        // Extra flags for side-by-side runs, e.g. DPDK_BENCH_RECONCILER_ARGS=--no-drift.
-        .args(std::env::var("DPDK_BENCH_RECONCILER_ARGS").unwrap_or_default().split_whitespace())
-        .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+        "run",
+        "--no-leader-election",
+        "--log-format",
+        "json",
+        "--resync-interval",
+        "2s",
+    ])
+    .arg(format!("--http-addr=127.0.0.1:{port}"))
+    .arg(format!("--concurrency={concurrency}"))
+    // Extra flags for side-by-side runs, e.g. DPDK_BENCH_RECONCILER_ARGS=--no-drift.
+    .args(
+        std::env::var("DPDK_BENCH_RECONCILER_ARGS")
+            .unwrap_or_default()
+            .split_whitespace(),
+    )
+    .env("KUBECONFIG", &kubeconfig)
+    .env("RUST_LOG", "info")
+    .stdin(Stdio::null())
+    .stdout(log.try_clone()?)
+    .stderr(log);
     // Stopped with SIGTERM (10 s to exit) when the bench is done with it.
     let controller = Reaper::spawn(cmd, Duration::from_secs(10))?;
     let pid = controller.id();

@@ -27,7 +27,10 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 const PER_FILE: usize = 10;
@@ -47,8 +50,13 @@ struct World {
 fn world(n: usize) -> World {
     let files: Vec<RawFile> = (0..n.div_ceil(PER_FILE))
         .map(|f| {
-            let docs: Vec<String> = (f * PER_FILE..((f + 1) * PER_FILE).min(n)).map(config_yaml).collect();
-            RawFile { path: format!("clusters/prod/pools-{f:03}.yaml"), bytes: docs.join("---\n").into_bytes() }
+            let docs: Vec<String> = (f * PER_FILE..((f + 1) * PER_FILE).min(n))
+                .map(config_yaml)
+                .collect();
+            RawFile {
+                path: format!("clusters/prod/pools-{f:03}.yaml"),
+                bytes: docs.join("---\n").into_bytes(),
+            }
         })
         .collect();
     let manifests = Manifests::from_files(files);
@@ -60,7 +68,10 @@ fn world(n: usize) -> World {
         &manifests,
     );
     let ts = Timestamp::from_second(1_700_000_000).expect("ts");
-    let mut live = LiveObjects { complete: true, ..Default::default() };
+    let mut live = LiveObjects {
+        complete: true,
+        ..Default::default()
+    };
     for (i, o) in manifests.objects.iter().enumerate() {
         let mut cfg: DPDKConfig = serde_json::from_value(o.body.clone()).expect("config");
         let m = &mut cfg.metadata;
@@ -68,8 +79,14 @@ fn world(n: usize) -> World {
         m.resource_version = Some("1".into());
         m.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts));
         m.labels.get_or_insert_default().extend([
-            ("app.kubernetes.io/managed-by".to_string(), "dpdk-reconciler".to_string()),
-            ("dpdk.aws.k8s/source".to_string(), "dpdk-operator.prod".to_string()),
+            (
+                "app.kubernetes.io/managed-by".to_string(),
+                "dpdk-reconciler".to_string(),
+            ),
+            (
+                "dpdk.aws.k8s/source".to_string(),
+                "dpdk-operator.prod".to_string(),
+            ),
         ]);
         live.configs.push(cfg);
 
@@ -103,7 +120,10 @@ fn world(n: usize) -> World {
         .expect("state");
         live.node_states.push(state);
     }
-    let rounds = converge(&mut live, Timestamp::from_second(1_700_000_100).expect("ts"));
+    let rounds = converge(
+        &mut live,
+        Timestamp::from_second(1_700_000_100).expect("ts"),
+    );
     assert!(rounds < 8, "the planner did not converge");
     // Then 1% drift in each layer: configs edited live (which also changes what the
     // NodeENIs should carry), devices left on ena.
@@ -120,7 +140,11 @@ fn world(n: usize) -> World {
             d.bound = false;
         }
     }
-    World { source, manifests, live }
+    World {
+        source,
+        manifests,
+        live,
+    }
 }
 
 /// Records `fields` as owned by dpdk-controller (an Apply entry), as the API server does.
@@ -137,8 +161,14 @@ fn own(meta: &mut ObjectMeta, fields: serde_json::Value) {
         }
     }
     let entries = meta.managed_fields.get_or_insert_default();
-    match entries.iter_mut().find(|e| e.manager.as_deref() == Some("dpdk-controller")) {
-        Some(e) => merge(&mut e.fields_v1.get_or_insert(FieldsV1(json!({}))).0, fields),
+    match entries
+        .iter_mut()
+        .find(|e| e.manager.as_deref() == Some("dpdk-controller"))
+    {
+        Some(e) => merge(
+            &mut e.fields_v1.get_or_insert(FieldsV1(json!({}))).0,
+            fields,
+        ),
         None => entries.push(ManagedFieldsEntry {
             manager: Some("dpdk-controller".into()),
             operation: Some("Apply".into()),
@@ -170,34 +200,71 @@ fn converge(live: &mut LiveObjects, now: Timestamp) -> usize {
         for w in writes {
             match w {
                 plan::Write::AddFinalizer { config } => {
-                    if let Some(c) = live.configs.iter_mut().find(|c| c.metadata.name.as_deref() == Some(config.as_str())) {
-                        c.metadata.finalizers.get_or_insert_default().push("dpdk.aws.k8s/teardown".into());
-                        own(&mut c.metadata, json!({"f:metadata": {"f:finalizers": {"v:\"dpdk.aws.k8s/teardown\"": {}}}}));
+                    if let Some(c) = live
+                        .configs
+                        .iter_mut()
+                        .find(|c| c.metadata.name.as_deref() == Some(config.as_str()))
+                    {
+                        c.metadata
+                            .finalizers
+                            .get_or_insert_default()
+                            .push("dpdk.aws.k8s/teardown".into());
+                        own(
+                            &mut c.metadata,
+                            json!({"f:metadata": {"f:finalizers": {"v:\"dpdk.aws.k8s/teardown\"": {}}}}),
+                        );
                     }
                 }
                 plan::Write::ConfigStatus { config, status } => {
-                    if let Some(c) = live.configs.iter_mut().find(|c| c.metadata.name.as_deref() == Some(config.as_str())) {
+                    if let Some(c) = live
+                        .configs
+                        .iter_mut()
+                        .find(|c| c.metadata.name.as_deref() == Some(config.as_str()))
+                    {
                         c.status = Some(status);
                     }
                 }
                 plan::Write::SetNodeLabel { node, .. } => {
-                    if let Some(n) = live.nodes.iter_mut().find(|n| n.name.as_deref() == Some(node.as_str())) {
-                        n.labels.get_or_insert_default().insert("dpdk.aws.k8s/enabled".into(), "true".into());
-                        own(n, json!({"f:metadata": {"f:labels": {"f:dpdk.aws.k8s/enabled": {}}}}));
+                    if let Some(n) = live
+                        .nodes
+                        .iter_mut()
+                        .find(|n| n.name.as_deref() == Some(node.as_str()))
+                    {
+                        n.labels
+                            .get_or_insert_default()
+                            .insert("dpdk.aws.k8s/enabled".into(), "true".into());
+                        own(
+                            n,
+                            json!({"f:metadata": {"f:labels": {"f:dpdk.aws.k8s/enabled": {}}}}),
+                        );
                     }
                 }
                 plan::Write::ApplyNodeEni { name, fields, .. } => {
-                    if let Some(e) = live.node_enis.iter_mut().find(|e| e.metadata.name.as_deref() == Some(name.as_str())) {
+                    if let Some(e) = live
+                        .node_enis
+                        .iter_mut()
+                        .find(|e| e.metadata.name.as_deref() == Some(name.as_str()))
+                    {
                         e.spec.enable_dpdk = Some(true);
                         e.spec.dpdk_driver = Some(fields.driver.as_str().into());
                         e.spec.dpdk_resource_name = Some(fields.resource_name.clone());
-                        own(&mut e.metadata, json!({"f:spec": {"f:enableDPDK": {}, "f:dpdkDriver": {}, "f:dpdkResourceName": {}}}));
+                        own(
+                            &mut e.metadata,
+                            json!({"f:spec": {"f:enableDPDK": {}, "f:dpdkDriver": {}, "f:dpdkResourceName": {}}}),
+                        );
                     }
                 }
                 plan::Write::ApplyNodeState { node, spec, .. } => {
-                    if let Some(st) = live.node_states.iter_mut().find(|s| s.metadata.name.as_deref() == Some(node.as_str())) {
+                    if let Some(st) = live
+                        .node_states
+                        .iter_mut()
+                        .find(|s| s.metadata.name.as_deref() == Some(node.as_str()))
+                    {
                         st.spec = spec;
-                        st.metadata.labels.get_or_insert_default().insert("app.kubernetes.io/managed-by".into(), "dpdk-controller".into());
+                        st.metadata.labels.get_or_insert_default().insert(
+                            "app.kubernetes.io/managed-by".into(),
+                            "dpdk-controller".into(),
+                        );
                         own(&mut st.metadata, json!({"f:spec": {}}));
                     }
                 }
@@ -217,7 +284,11 @@ fn time<T>(rounds: usize, mut f: impl FnMut() -> T) -> (Duration, Duration, T) {
         samples.push(t.elapsed());
     }
     samples.sort();
-    (samples[samples.len() / 2], samples[samples.len() - 1], last.expect("at least one round"))
+    (
+        samples[samples.len() / 2],
+        samples[samples.len() - 1],
+        last.expect("at least one round"),
+    )
 }
 
 fn ms(d: Duration) -> String {
@@ -226,7 +297,10 @@ fn ms(d: Duration) -> String {
 
 /// One keep-alive GET: status and body length.
 async fn get(conn: &mut BufReader<tokio::net::TcpStream>, path: &str) -> (u16, usize) {
-    conn.get_mut().write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").as_bytes()).await.expect("send");
+    conn.get_mut()
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").as_bytes())
+        .await
+        .expect("send");
     let mut status = 0;
     let mut len = 0;
     let mut line = String::new();
@@ -238,7 +312,11 @@ async fn get(conn: &mut BufReader<tokio::net::TcpStream>, path: &str) -> (u16, u
             break;
         }
         if let Some(rest) = l.strip_prefix("HTTP/1.1 ") {
-            status = rest.split_whitespace().next().and_then(|c| c.parse().ok()).unwrap_or(0);
+            status = rest
+                .split_whitespace()
+                .next()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
         } else if let Some((k, v)) = l.split_once(':')
             && k.eq_ignore_ascii_case("content-length")
         {
@@ -271,7 +349,11 @@ fn main() {
     let rounds = env_usize("DRIFT_BENCH_ROUNDS", 20).max(1);
     let requests = env_usize("DRIFT_BENCH_REQUESTS", 5000).max(100);
     let w = world(n);
-    let objects = w.source.documents.len() + w.live.configs.len() + w.live.nodes.len() + w.live.node_enis.len() + w.live.node_states.len();
+    let objects = w.source.documents.len()
+        + w.live.configs.len()
+        + w.live.nodes.len()
+        + w.live.node_enis.len()
+        + w.live.node_states.len();
     let now = Timestamp::now();
     let sources = std::slice::from_ref(&w.source);
 
@@ -290,7 +372,15 @@ fn main() {
     // diff and the patch (the runtime renders these on the first request for each).
     let (snap_p50, _, snap) = time(rounds.min(5), || {
         let snap = Snapshot::build(sources, &w.live, now, Some(&report));
-        let sizes = (snap.json().len(), snap.diff().len(), snap.patch_sources().iter().filter_map(|k| snap.patch(k)).map(|p| p.text.len()).sum::<usize>());
+        let sizes = (
+            snap.json().len(),
+            snap.diff().len(),
+            snap.patch_sources()
+                .iter()
+                .filter_map(|k| snap.patch(k))
+                .map(|p| p.text.len())
+                .sum::<usize>(),
+        );
         (snap, sizes)
     });
     let (snap, (json_bytes, diff_bytes, patch_bytes)) = snap;
@@ -306,25 +396,73 @@ fn main() {
     first_render.sort();
     // Per layer: layer 1 alone (configs only, so the planner has no nodes to plan), layer
     // 3 alone (node states only).
-    let l1_live = LiveObjects { configs: w.live.configs.clone(), ..Default::default() };
+    let l1_live = LiveObjects {
+        configs: w.live.configs.clone(),
+        ..Default::default()
+    };
     let (l1_p50, _, _) = time(rounds, || compute(sources, &l1_live, now, None));
-    let l3_live = LiveObjects { node_states: w.live.node_states.clone(), ..Default::default() };
+    let l3_live = LiveObjects {
+        node_states: w.live.node_states.clone(),
+        ..Default::default()
+    };
     let (l3_p50, _, _) = time(rounds, || compute(&[], &l3_live, now, None));
     let (conv_p50, _, _) = time(rounds, || {
-        GitSource::from_manifests(w.source.key.clone(), w.source.revision.clone(), &w.source.path, &w.manifests)
+        GitSource::from_manifests(
+            w.source.key.clone(),
+            w.source.revision.clone(),
+            &w.source.path,
+            &w.manifests,
+        )
     });
-    println!("drift engine bench: {objects} objects ({n} Git DPDKConfigs in {} files, {n} live DPDKConfigs, {n} Nodes, {n} NodeENIs, {n} DPDKNodeStates)", n.div_ceil(PER_FILE));
-    println!("  findings: {} ({:?})", report.summary.total, report.summary.by_layer);
-    println!("  compute (3 layers):            p50 {}  max {}  over {rounds} rounds   target < 100 ms", ms(engine_p50), ms(engine_max));
-    println!("  of which the planner (layer 2): p50 {}  ({:.0}% of compute)", ms(planner_p50), 100.0 * planner_p50.as_secs_f64() / engine_p50.as_secs_f64());
-    println!("  layer 1 alone (configs only): p50 {}; layer 3 alone (node states only): p50 {}", ms(l1_p50), ms(l3_p50));
-    println!("  Git side from the source store (GitSource::from_manifests, per recompute): p50 {}", ms(conv_p50));
-    println!("  snapshot (compute + JSON + diff + patch): p50 {}  ({:.2}x compute); JSON {} KiB, diff {} KiB, patch {} KiB",
-        ms(snap_p50), snap_p50.as_secs_f64() / engine_p50.as_secs_f64(), json_bytes / 1024, diff_bytes / 1024, patch_bytes / 1024);
-    println!("  first GET /drift after a change renders the JSON: p50 {}  max {}", ms(pct(&first_render, 0.5)), ms(pct(&first_render, 1.0)));
-    assert!(!report.findings.is_empty() && report.findings.iter().all(|f| f.file.is_some()), "every finding names its Git file");
+    println!(
+        "drift engine bench: {objects} objects ({n} Git DPDKConfigs in {} files, {n} live DPDKConfigs, {n} Nodes, {n} NodeENIs, {n} DPDKNodeStates)",
+        n.div_ceil(PER_FILE)
+    );
+    println!(
+        "  findings: {} ({:?})",
+        report.summary.total, report.summary.by_layer
+    );
+    println!(
+        "  compute (3 layers):            p50 {}  max {}  over {rounds} rounds   target < 100 ms",
+        ms(engine_p50),
+        ms(engine_max)
+    );
+    println!(
+        "  of which the planner (layer 2): p50 {}  ({:.0}% of compute)",
+        ms(planner_p50),
+        100.0 * planner_p50.as_secs_f64() / engine_p50.as_secs_f64()
+    );
+    println!(
+        "  layer 1 alone (configs only): p50 {}; layer 3 alone (node states only): p50 {}",
+        ms(l1_p50),
+        ms(l3_p50)
+    );
+    println!(
+        "  Git side from the source store (GitSource::from_manifests, per recompute): p50 {}",
+        ms(conv_p50)
+    );
+    println!(
+        "  snapshot (compute + JSON + diff + patch): p50 {}  ({:.2}x compute); JSON {} KiB, diff {} KiB, patch {} KiB",
+        ms(snap_p50),
+        snap_p50.as_secs_f64() / engine_p50.as_secs_f64(),
+        json_bytes / 1024,
+        diff_bytes / 1024,
+        patch_bytes / 1024
+    );
+    println!(
+        "  first GET /drift after a change renders the JSON: p50 {}  max {}",
+        ms(pct(&first_render, 0.5)),
+        ms(pct(&first_render, 1.0))
+    );
+    assert!(
+        !report.findings.is_empty() && report.findings.iter().all(|f| f.file.is_some()),
+        "every finding names its Git file"
+    );
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async move {
         let state = DriftState::new();
         let json_len = json_bytes;

@@ -72,14 +72,19 @@ async fn run(args: RunArgs) -> Result<(), dpdk_reconciler::Error> {
     use dpdk_reconciler::{Error, controller, metrics, server};
     use std::sync::Arc;
     let opts = args.controller.into_options()?;
-    let client = kube::Client::try_default().await.map_err(|source| Error::Kube {
-        context: "connecting to the API server (in-cluster service account or $KUBECONFIG)".into(),
-        source,
-    })?;
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|source| Error::Kube {
+            context: "connecting to the API server (in-cluster service account or $KUBECONFIG)"
+                .into(),
+            source,
+        })?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the process");
@@ -98,7 +103,11 @@ async fn run(args: RunArgs) -> Result<(), dpdk_reconciler::Error> {
     let mut registry = metrics::Registry::default();
     let controller_metrics = Arc::new(metrics::ControllerMetrics::register(&mut registry));
     // The Git source (DPDKConfigSource): its webhook route joins the HTTP server.
-    let sources = dpdk_reconciler::source::SourceController::new(client.clone(), args.sources.into_options(), &mut registry);
+    let sources = dpdk_reconciler::source::SourceController::new(
+        client.clone(),
+        args.sources.into_options(),
+        &mut registry,
+    );
     let source_routes = sources.webhook_routes();
     // Drift (read-only): recomputed on watch events and new source revisions; /drift* routes.
     let drift = dpdk_reconciler::drift::runtime::DriftState::new();
@@ -111,26 +120,56 @@ async fn run(args: RunArgs) -> Result<(), dpdk_reconciler::Error> {
     let drift_git = Arc::new(sources.store());
     let health = server::Health::new();
     let listener = server::bind(&args.http_addr).await?;
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-    let app = server::router(server::AppState { registry: Arc::new(registry), health: health.clone() }, vec![source_routes, drift_routes]);
+    let app = server::router(
+        server::AppState {
+            registry: Arc::new(registry),
+            health: health.clone(),
+        },
+        vec![source_routes, drift_routes],
+    );
     let http = tokio::spawn(server::serve(listener, app, shutdown.clone()));
     let source_task = tokio::spawn(sources.run(shutdown.clone().cancelled_owned()));
-    let telemetry = controller::Telemetry { metrics: controller_metrics, health };
+    let telemetry = controller::Telemetry {
+        metrics: controller_metrics,
+        health,
+    };
     // One set of watches for the controller and the drift runtime. A sharded controller
     // (--config-selector) sees only its shard's DPDKConfigs, while drift compares every
     // config with Git: then drift keeps watches of its own.
     let drift_changed = Arc::new(tokio::sync::Notify::new());
     let share = !args.no_drift && opts.config_selector.is_none();
-    let also_notify = if share { vec![drift_changed.clone()] } else { Vec::new() };
-    let watches = controller::start_watches(&client, &opts, &telemetry, also_notify, shutdown.clone());
+    let also_notify = if share {
+        vec![drift_changed.clone()]
+    } else {
+        Vec::new()
+    };
+    let watches =
+        controller::start_watches(&client, &opts, &telemetry, also_notify, shutdown.clone());
     let drift_task = if args.no_drift {
         tokio::spawn(async {})
     } else if share {
         let caches = watches.caches.clone();
-        tokio::spawn(dpdk_reconciler::drift::runtime::run_on(caches, drift_changed, drift_git, Default::default(), drift, shutdown.clone()))
+        tokio::spawn(dpdk_reconciler::drift::runtime::run_on(
+            caches,
+            drift_changed,
+            drift_git,
+            Default::default(),
+            drift,
+            shutdown.clone(),
+        ))
     } else {
-        tokio::spawn(dpdk_reconciler::drift::runtime::run(client.clone(), drift_git, Default::default(), drift, shutdown.clone()))
+        tokio::spawn(dpdk_reconciler::drift::runtime::run(
+            client.clone(),
+            drift_git,
+            Default::default(),
+            drift,
+            shutdown.clone(),
+        ))
     };
     let result = controller::run_on(client, opts, telemetry, watches, shutdown.clone()).await;
     shutdown.cancel();
@@ -156,8 +195,14 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Cmd::Validate { dir, max_file_bytes } => {
-            let opts = dpdk_reconciler::manifest::load::LoadOptions { max_file_bytes, ..Default::default() };
+        Cmd::Validate {
+            dir,
+            max_file_bytes,
+        } => {
+            let opts = dpdk_reconciler::manifest::load::LoadOptions {
+                max_file_bytes,
+                ..Default::default()
+            };
             ExitCode::from(dpdk_reconciler::manifest::report::validate_dir(
                 &dir,
                 &opts,
@@ -168,7 +213,11 @@ fn main() -> ExitCode {
         Cmd::Run(args) => {
             // The work is I/O-bound: two workers, not one per core of a big node (each
             // worker thread costs memory, glibc arenas included).
-            let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("dpdk-reconciler run: starting the runtime: {e}");
@@ -184,14 +233,20 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Diff(args) => {
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("dpdk-reconciler diff: starting the runtime: {e}");
                     return ExitCode::from(2);
                 }
             };
-            match rt.block_on(dpdk_reconciler::drift::cli::run(&args, &mut std::io::stdout().lock())) {
+            match rt.block_on(dpdk_reconciler::drift::cli::run(
+                &args,
+                &mut std::io::stdout().lock(),
+            )) {
                 Ok(false) => ExitCode::SUCCESS,
                 Ok(true) => ExitCode::from(1),
                 Err(e) => {

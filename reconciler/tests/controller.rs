@@ -45,7 +45,8 @@ fn cpu_seconds(pid: u32) -> f64 {
     // Fields after the command name (which is in parentheses and may hold spaces).
     let rest = &stat[stat.rfind(')').expect("comm") + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
     ticks as f64 / 100.0
 }
 
@@ -1041,9 +1042,11 @@ async fn the_controller_and_drift_share_one_set_of_watches() {
             .expect("waiter task");
         assert!(ready, "caches synced");
     }
-    eventually("the first drift snapshot", Duration::from_secs(30), || async {
-        drift.latest().map(|_| ())
-    })
+    eventually(
+        "the first drift snapshot",
+        Duration::from_secs(30),
+        || async { drift.latest().map(|_| ()) },
+    )
     .await;
 
     fixtures::create_nodeeni(&admin, &eni, &[(GROUP, &group)], 2, &["subnet-a"])
@@ -1051,24 +1054,30 @@ async fn the_controller_and_drift_share_one_set_of_watches() {
         .expect("nodeeni");
     node_with_eni(&admin, &node, &group, &eni, 2).await;
     create_config(&admin, &config(&cfg, &p, &[(GROUP, &group)], &[(2, RES)])).await;
-    eventually("node labelled by the controller", Duration::from_secs(60), || async {
-        node_label(&admin, &node).await.map(|_| ())
-    })
+    eventually(
+        "node labelled by the controller",
+        Duration::from_secs(60),
+        || async { node_label(&admin, &node).await.map(|_| ()) },
+    )
     .await;
     // The DPDKNodeState the controller wrote has no agent behind it: drift, recomputed
     // on the shared watches' events, says so for this node.
-    eventually("drift reports the node's missing agent", Duration::from_secs(60), || async {
-        let snap = drift.latest()?;
-        snap.report
-            .findings
-            .iter()
-            .any(|f| {
-                f.layer == Layer::DesiredNode
-                    && f.kind == FindingKind::NotReported
-                    && f.node.as_deref() == Some(node.as_str())
-            })
-            .then_some(())
-    })
+    eventually(
+        "drift reports the node's missing agent",
+        Duration::from_secs(60),
+        || async {
+            let snap = drift.latest()?;
+            snap.report
+                .findings
+                .iter()
+                .any(|f| {
+                    f.layer == Layer::DesiredNode
+                        && f.kind == FindingKind::NotReported
+                        && f.node.as_deref() == Some(node.as_str())
+                })
+                .then_some(())
+        },
+    )
     .await;
 
     stop.cancel();

@@ -29,7 +29,9 @@ fn required_version(go_mod: &str, module: &str) -> Option<String> {
     go_mod.lines().find_map(|l| {
         let l = l.trim().trim_start_matches("require").trim();
         let mut parts = l.split_whitespace();
-        (parts.next() == Some(module)).then(|| parts.next().map(str::to_string)).flatten()
+        (parts.next() == Some(module))
+            .then(|| parts.next().map(str::to_string))
+            .flatten()
     })
 }
 
@@ -49,10 +51,14 @@ pub fn cache_root() -> PathBuf {
 /// Returns the binaries, building whatever is missing first. Concurrent callers (test
 /// binaries run in parallel) wait on a file lock instead of building twice.
 pub fn ensure_binaries() -> Result<Binaries> {
-    let kubernetes_version = required_version(KUBE_GO_MOD, "k8s.io/kubernetes")
-        .ok_or_else(|| Error::Other("testenv/go/kube/go.mod does not require k8s.io/kubernetes".into()))?;
-    let etcd_version = required_version(ETCD_GO_MOD, "go.etcd.io/etcd/server/v3")
-        .ok_or_else(|| Error::Other("testenv/go/etcd/go.mod does not require go.etcd.io/etcd/server/v3".into()))?;
+    let kubernetes_version =
+        required_version(KUBE_GO_MOD, "k8s.io/kubernetes").ok_or_else(|| {
+            Error::Other("testenv/go/kube/go.mod does not require k8s.io/kubernetes".into())
+        })?;
+    let etcd_version =
+        required_version(ETCD_GO_MOD, "go.etcd.io/etcd/server/v3").ok_or_else(|| {
+            Error::Other("testenv/go/etcd/go.mod does not require go.etcd.io/etcd/server/v3".into())
+        })?;
     let root = cache_root();
     let kube_dir = root.join(format!("kubernetes-{kubernetes_version}"));
     let etcd_dir = root.join(format!("etcd-{etcd_version}"));
@@ -70,7 +76,10 @@ pub fn ensure_binaries() -> Result<Binaries> {
     let lock_path = root.join(".build.lock");
     let lock = std::fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
     lock.lock_exclusive().map_err(io_err(&lock_path))?;
-    let major_minor: Vec<&str> = kubernetes_version.trim_start_matches('v').split('.').collect();
+    let major_minor: Vec<&str> = kubernetes_version
+        .trim_start_matches('v')
+        .split('.')
+        .collect();
     let ldflags = format!(
         "-s -w -X k8s.io/component-base/version.gitVersion={kubernetes_version} \
          -X k8s.io/component-base/version.gitMajor={} -X k8s.io/component-base/version.gitMinor={} \
@@ -78,13 +87,32 @@ pub fn ensure_binaries() -> Result<Binaries> {
         major_minor.first().unwrap_or(&"1"),
         major_minor.get(1).unwrap_or(&"0"),
     );
-    for (exe, pkg) in [(&bins.kube_apiserver, "k8s.io/kubernetes/cmd/kube-apiserver"), (&bins.kubectl, "k8s.io/kubernetes/cmd/kubectl")] {
+    for (exe, pkg) in [
+        (&bins.kube_apiserver, "k8s.io/kubernetes/cmd/kube-apiserver"),
+        (&bins.kubectl, "k8s.io/kubernetes/cmd/kubectl"),
+    ] {
         if !exe.exists() {
-            go_build(&kube_dir, KUBE_GO_MOD, KUBE_GO_SUM, pkg, exe, &ldflags, &kubernetes_version)?;
+            go_build(
+                &kube_dir,
+                KUBE_GO_MOD,
+                KUBE_GO_SUM,
+                pkg,
+                exe,
+                &ldflags,
+                &kubernetes_version,
+            )?;
         }
     }
     if !bins.etcd.exists() {
-        go_build(&etcd_dir, ETCD_GO_MOD, ETCD_GO_SUM, "go.etcd.io/etcd/server/v3", &bins.etcd, "-s -w", &etcd_version)?;
+        go_build(
+            &etcd_dir,
+            ETCD_GO_MOD,
+            ETCD_GO_SUM,
+            "go.etcd.io/etcd/server/v3",
+            &bins.etcd,
+            "-s -w",
+            &etcd_version,
+        )?;
     }
     // Dropping `lock` releases it.
     drop(lock);
@@ -92,13 +120,26 @@ pub fn ensure_binaries() -> Result<Binaries> {
 }
 
 /// Builds one main package in a scratch copy of its tools module, printing progress.
-fn go_build(dir: &Path, go_mod: &str, go_sum: &str, pkg: &str, out: &Path, ldflags: &str, version: &str) -> Result<()> {
+fn go_build(
+    dir: &Path,
+    go_mod: &str,
+    go_sum: &str,
+    pkg: &str,
+    out: &Path,
+    ldflags: &str,
+    version: &str,
+) -> Result<()> {
     let module_dir = dir.join("module");
     std::fs::create_dir_all(&module_dir).map_err(io_err(&module_dir))?;
     std::fs::write(module_dir.join("go.mod"), go_mod).map_err(io_err(module_dir.join("go.mod")))?;
     std::fs::write(module_dir.join("go.sum"), go_sum).map_err(io_err(module_dir.join("go.sum")))?;
-    let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    eprintln!("[testenv] building {name} {version} from Go modules ({pkg}); first time only, this takes several minutes on 2 cores");
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    eprintln!(
+        "[testenv] building {name} {version} from Go modules ({pkg}); first time only, this takes several minutes on 2 cores"
+    );
     let tmp_out = out.with_extension("partial");
     let started = std::time::Instant::now();
     let mut child = Command::new("go")
@@ -119,7 +160,10 @@ fn go_build(dir: &Path, go_mod: &str, go_sum: &str, pkg: &str, out: &Path, ldfla
             if !line.contains(' ') {
                 packages += 1;
                 if packages % 200 == 0 {
-                    eprintln!("[testenv]   {name}: {packages} packages compiled ({}s)", started.elapsed().as_secs());
+                    eprintln!(
+                        "[testenv]   {name}: {packages} packages compiled ({}s)",
+                        started.elapsed().as_secs()
+                    );
                 }
             } else {
                 eprintln!("[testenv]   {name}: {line}");
@@ -132,10 +176,18 @@ fn go_build(dir: &Path, go_mod: &str, go_sum: &str, pkg: &str, out: &Path, ldfla
     }
     let status = child.wait().map_err(io_err(&module_dir))?;
     if !status.success() {
-        return Err(Error::GoBuild { what: format!("{name} ({pkg} {version})"), code: status.code(), tail: tail.join("\n") });
+        return Err(Error::GoBuild {
+            what: format!("{name} ({pkg} {version})"),
+            code: status.code(),
+            tail: tail.join("\n"),
+        });
     }
     std::fs::rename(&tmp_out, out).map_err(io_err(out))?;
-    eprintln!("[testenv] built {name} in {}s -> {}", started.elapsed().as_secs(), out.display());
+    eprintln!(
+        "[testenv] built {name} in {}s -> {}",
+        started.elapsed().as_secs(),
+        out.display()
+    );
     Ok(())
 }
 
@@ -145,14 +197,27 @@ mod tests {
 
     #[test]
     fn versions_come_from_the_tools_modules() {
-        assert_eq!(required_version(KUBE_GO_MOD, "k8s.io/kubernetes").as_deref(), Some("v1.37.2"));
-        assert!(required_version(ETCD_GO_MOD, "go.etcd.io/etcd/server/v3").is_some_and(|v| v.starts_with("v3.6.")));
+        assert_eq!(
+            required_version(KUBE_GO_MOD, "k8s.io/kubernetes").as_deref(),
+            Some("v1.37.2")
+        );
+        assert!(
+            required_version(ETCD_GO_MOD, "go.etcd.io/etcd/server/v3")
+                .is_some_and(|v| v.starts_with("v3.6."))
+        );
     }
 
     #[test]
     fn every_staging_module_is_replaced_at_the_matching_version() {
-        let replaced: Vec<&str> = KUBE_GO_MOD.lines().filter(|l| l.contains("=> k8s.io/")).collect();
-        assert!(replaced.len() >= 30, "expected a replace line for every staging module, got {}", replaced.len());
+        let replaced: Vec<&str> = KUBE_GO_MOD
+            .lines()
+            .filter(|l| l.contains("=> k8s.io/"))
+            .collect();
+        assert!(
+            replaced.len() >= 30,
+            "expected a replace line for every staging module, got {}",
+            replaced.len()
+        );
         assert!(replaced.iter().all(|l| l.trim_end().ends_with("v0.37.2")));
     }
 }

@@ -71,7 +71,10 @@ impl ControlPlane {
             None => {
                 sweep_stale_dirs();
                 let prefix = format!("dpdk-testenv-{}-", std::process::id());
-                let t = tempfile::Builder::new().prefix(&prefix).tempdir().map_err(io_err("/tmp"))?;
+                let t = tempfile::Builder::new()
+                    .prefix(&prefix)
+                    .tempdir()
+                    .map_err(io_err("/tmp"))?;
                 let p = t.path().to_path_buf();
                 (Some(t), p)
             }
@@ -177,23 +180,43 @@ impl ControlPlane {
 
     /// A copy of the admin kubeconfig that impersonates the ServiceAccount `namespace/name`
     /// with the groups the API server gives its tokens (`as`/`as-groups`).
-    pub fn write_service_account_kubeconfig(&self, namespace: &str, name: &str, out: &Path) -> Result<()> {
+    pub fn write_service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        out: &Path,
+    ) -> Result<()> {
         let admin = self.kubeconfig.as_path();
         let text = std::fs::read_to_string(admin).map_err(io_err(admin))?;
-        let mut kc: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| Error::Other(format!("{}: {e}", admin.display())))?;
+        let mut kc: serde_yaml::Value = serde_yaml::from_str(&text)
+            .map_err(|e| Error::Other(format!("{}: {e}", admin.display())))?;
         let users = kc
             .get_mut("users")
             .and_then(serde_yaml::Value::as_sequence_mut)
             .ok_or_else(|| Error::Other(format!("{}: no users", admin.display())))?;
         for user in users.iter_mut() {
-            let Some(auth) = user.get_mut("user").and_then(serde_yaml::Value::as_mapping_mut) else {
+            let Some(auth) = user
+                .get_mut("user")
+                .and_then(serde_yaml::Value::as_mapping_mut)
+            else {
                 continue;
             };
-            auth.insert("as".into(), format!("system:serviceaccount:{namespace}:{name}").into());
-            let groups = ["system:serviceaccounts".to_string(), format!("system:serviceaccounts:{namespace}"), "system:authenticated".to_string()];
-            auth.insert("as-groups".into(), serde_yaml::Value::Sequence(groups.into_iter().map(Into::into).collect()));
+            auth.insert(
+                "as".into(),
+                format!("system:serviceaccount:{namespace}:{name}").into(),
+            );
+            let groups = [
+                "system:serviceaccounts".to_string(),
+                format!("system:serviceaccounts:{namespace}"),
+                "system:authenticated".to_string(),
+            ];
+            auth.insert(
+                "as-groups".into(),
+                serde_yaml::Value::Sequence(groups.into_iter().map(Into::into).collect()),
+            );
         }
-        let text = serde_yaml::to_string(&kc).map_err(|e| Error::Other(format!("{}: {e}", out.display())))?;
+        let text = serde_yaml::to_string(&kc)
+            .map_err(|e| Error::Other(format!("{}: {e}", out.display())))?;
         std::fs::write(out, text).map_err(io_err(out))
     }
 
@@ -214,12 +237,17 @@ impl ControlPlane {
     pub async fn service_account_client(&self, namespace: &str, name: &str) -> Result<Client> {
         let user = format!("system:serviceaccount:{namespace}:{name}");
         let ns_group = format!("system:serviceaccounts:{namespace}");
-        self.client_as(&user, &["system:serviceaccounts", &ns_group, "system:authenticated"]).await
+        self.client_as(
+            &user,
+            &["system:serviceaccounts", &ns_group, "system:authenticated"],
+        )
+        .await
     }
 
     /// The kube-rs config for the admin user.
     pub async fn config(&self) -> Result<Config> {
-        let kc = Kubeconfig::read_from(&self.kubeconfig).map_err(|e| Error::Kubeconfig(e.to_string()))?;
+        let kc = Kubeconfig::read_from(&self.kubeconfig)
+            .map_err(|e| Error::Kubeconfig(e.to_string()))?;
         Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
             .await
             .map_err(|e| Error::Kubeconfig(e.to_string()))
@@ -257,40 +285,65 @@ impl ControlPlane {
             .stdout(log.try_clone().map_err(io_err(&log_path))?)
             .stderr(log);
         let child = spawn_tied(cmd)?;
-        *self.etcd.lock().map_err(|_| Error::Other("etcd lock poisoned".into()))? = Some(child);
+        *self
+            .etcd
+            .lock()
+            .map_err(|_| Error::Other("etcd lock poisoned".into()))? = Some(child);
         Ok(())
     }
 
     /// (Re)starts kube-apiserver on the same port and data, and waits for `/readyz`.
     pub async fn start_apiserver(&self) -> Result<()> {
         let log_path = self.apiserver_log_path();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_err(&log_path))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io_err(&log_path))?;
         let mut cmd = Command::new(&self.bins.kube_apiserver);
-        cmd.arg(format!("--etcd-servers=http://127.0.0.1:{}", self.etcd_port))
-            .arg(format!("--secure-port={}", self.apiserver_port))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
-            // The kubernetes Service endpoint cannot point at loopback; nothing here needs it.
-            .arg("--endpoint-reconciler-type=none")
-            .arg(format!("--cert-dir={}", self.dir.join("pki").display()))
-            .arg(format!("--tls-cert-file={}", self.certs.serving_cert.display()))
-            .arg(format!("--tls-private-key-file={}", self.certs.serving_key.display()))
-            .arg(format!("--client-ca-file={}", self.certs.ca_cert.display()))
-            .arg(format!("--service-account-key-file={}", self.certs.sa_pub.display()))
-            .arg(format!("--service-account-signing-key-file={}", self.certs.sa_key.display()))
-            .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
-            .arg("--service-cluster-ip-range=10.0.0.0/24")
-            .arg("--authorization-mode=RBAC")
-            .arg("--allow-privileged=true")
-            // No controller-manager runs here, so no "default" ServiceAccount is ever created.
-            .arg("--disable-admission-plugins=ServiceAccount")
-            .arg("--profiling=false")
-            .arg("--v=1");
+        cmd.arg(format!(
+            "--etcd-servers=http://127.0.0.1:{}",
+            self.etcd_port
+        ))
+        .arg(format!("--secure-port={}", self.apiserver_port))
+        .arg("--bind-address=127.0.0.1")
+        .arg("--advertise-address=127.0.0.1")
+        // The kubernetes Service endpoint cannot point at loopback; nothing here needs it.
+        .arg("--endpoint-reconciler-type=none")
+        .arg(format!("--cert-dir={}", self.dir.join("pki").display()))
+        .arg(format!(
+            "--tls-cert-file={}",
+            self.certs.serving_cert.display()
+        ))
+        .arg(format!(
+            "--tls-private-key-file={}",
+            self.certs.serving_key.display()
+        ))
+        .arg(format!("--client-ca-file={}", self.certs.ca_cert.display()))
+        .arg(format!(
+            "--service-account-key-file={}",
+            self.certs.sa_pub.display()
+        ))
+        .arg(format!(
+            "--service-account-signing-key-file={}",
+            self.certs.sa_key.display()
+        ))
+        .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+        .arg("--service-cluster-ip-range=10.0.0.0/24")
+        .arg("--authorization-mode=RBAC")
+        .arg("--allow-privileged=true")
+        // No controller-manager runs here, so no "default" ServiceAccount is ever created.
+        .arg("--disable-admission-plugins=ServiceAccount")
+        .arg("--profiling=false")
+        .arg("--v=1");
         if self.opts.audit_log {
             let policy = self.dir.join("audit-policy.yaml");
             std::fs::write(&policy, AUDIT_POLICY).map_err(io_err(&policy))?;
             cmd.arg(format!("--audit-policy-file={}", policy.display()))
-                .arg(format!("--audit-log-path={}", self.audit_log_path().display()))
+                .arg(format!(
+                    "--audit-log-path={}",
+                    self.audit_log_path().display()
+                ))
                 .arg("--audit-log-format=json");
         }
         cmd.args(&self.opts.extra_apiserver_args)
@@ -298,7 +351,10 @@ impl ControlPlane {
             .stdout(log.try_clone().map_err(io_err(&log_path))?)
             .stderr(log);
         let child = spawn_tied(cmd)?;
-        *self.apiserver.lock().map_err(|_| Error::Other("apiserver lock poisoned".into()))? = Some(child);
+        *self
+            .apiserver
+            .lock()
+            .map_err(|_| Error::Other("apiserver lock poisoned".into()))? = Some(child);
         self.wait_ready(Duration::from_secs(120)).await
     }
 
@@ -325,9 +381,16 @@ impl ControlPlane {
             }
             if let Some(status) = self.exited("etcd", &self.etcd)? {
                 let log = self.dir.join("etcd.log");
-                return Err(Error::Exited { what: "etcd".into(), status, log: log.display().to_string(), tail: tail_file(&log, 30) });
+                return Err(Error::Exited {
+                    what: "etcd".into(),
+                    status,
+                    log: log.display().to_string(),
+                    tail: tail_file(&log, 30),
+                });
             }
-            let req = http::Request::get("/readyz").body(Vec::new()).map_err(|e| Error::Other(e.to_string()))?;
+            let req = http::Request::get("/readyz")
+                .body(Vec::new())
+                .map_err(|e| Error::Other(e.to_string()))?;
             if let Ok(body) = client.request_text(req).await
                 && body.trim() == "ok"
             {
@@ -346,7 +409,9 @@ impl ControlPlane {
     }
 
     fn exited(&self, what: &str, slot: &Mutex<Option<Child>>) -> Result<Option<String>> {
-        let mut g = slot.lock().map_err(|_| Error::Other(format!("{what} lock poisoned")))?;
+        let mut g = slot
+            .lock()
+            .map_err(|_| Error::Other(format!("{what} lock poisoned")))?;
         match g.as_mut().map(|c| c.try_wait()) {
             Some(Ok(Some(status))) => Ok(Some(status.to_string())),
             _ => Ok(None),
@@ -357,7 +422,10 @@ impl ControlPlane {
     /// every CRD is Established.
     pub async fn install_crds(&self) -> Result<()> {
         let root = workspace_root();
-        let files = [root.join("deploy/dpdk-crd.yaml"), root.join("deploy/testing/nodeeni-crd.yaml")];
+        let files = [
+            root.join("deploy/dpdk-crd.yaml"),
+            root.join("deploy/testing/nodeeni-crd.yaml"),
+        ];
         let client = self.client().await?;
         crate::fixtures::apply_crd_files(&client, &files).await
     }
@@ -379,11 +447,17 @@ impl Drop for ControlPlane {
 /// lives in a static and is never dropped, so its temporary directory outlives the test
 /// binary; the next start cleans it up. Directory names carry the owner's pid.
 fn sweep_stale_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        let Some(rest) = name.strip_prefix("dpdk-testenv-") else { continue };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Some(rest) = name.strip_prefix("dpdk-testenv-") else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
         if !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = std::fs::remove_dir_all(e.path());
         }
@@ -392,7 +466,10 @@ fn sweep_stale_dirs() {
 
 /// The workspace root (where `deploy/` lives).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// One control plane per test binary, with the CRDs installed. Tests in the binary share it
@@ -411,7 +488,11 @@ pub fn shared() -> &'static ControlPlane {
 /// A DNS-1123 name unique within this process and across concurrent test processes.
 pub fn unique_name(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("{prefix}-{:x}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{:x}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 #[cfg(test)]

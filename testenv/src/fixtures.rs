@@ -24,14 +24,20 @@ pub async fn apply_crd_files(client: &Client, files: &[PathBuf]) -> Result<()> {
     for file in files {
         let text = std::fs::read_to_string(file).map_err(io_err(file))?;
         for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value = serde_yaml::Value::deserialize(doc).map_err(|e| Error::Other(format!("{}: {e}", file.display())))?;
+            let value = serde_yaml::Value::deserialize(doc)
+                .map_err(|e| Error::Other(format!("{}: {e}", file.display())))?;
             if value.is_null() {
                 continue;
             }
-            let crd: CustomResourceDefinition =
-                serde_yaml::from_value(value).map_err(|e| Error::Other(format!("{}: not a CRD: {e}", file.display())))?;
+            let crd: CustomResourceDefinition = serde_yaml::from_value(value)
+                .map_err(|e| Error::Other(format!("{}: not a CRD: {e}", file.display())))?;
             let name = crd.metadata.name.clone().unwrap_or_default();
-            api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&crd)).await?;
+            api.patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&crd),
+            )
+            .await?;
             names.push(name);
         }
     }
@@ -49,7 +55,9 @@ pub async fn apply_crd_files(client: &Client, files: &[PathBuf]) -> Result<()> {
                 break;
             }
             if std::time::Instant::now() > deadline {
-                return Err(Error::Other(format!("CRD {name} not Established after 30s")));
+                return Err(Error::Other(format!(
+                    "CRD {name} not Established after 30s"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -58,33 +66,60 @@ pub async fn apply_crd_files(client: &Client, files: &[PathBuf]) -> Result<()> {
 }
 
 /// Creates a Node the way a kubelet would register it on EC2.
-pub async fn create_node(client: &Client, name: &str, labels: &[(&str, &str)], internal_ip: &str) -> Result<Node> {
+pub async fn create_node(
+    client: &Client,
+    name: &str,
+    labels: &[(&str, &str)],
+    internal_ip: &str,
+) -> Result<Node> {
     let api: Api<Node> = Api::all(client.clone());
     let node = Node {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
-            labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
             ..Default::default()
         },
-        spec: Some(NodeSpec { provider_id: Some(format!("aws:///us-east-1a/i-{:017x}", fxhash(name))), ..Default::default() }),
+        spec: Some(NodeSpec {
+            provider_id: Some(format!("aws:///us-east-1a/i-{:017x}", fxhash(name))),
+            ..Default::default()
+        }),
         status: None,
     };
     let created = api.create(&PostParams::default(), &node).await?;
     // Addresses live in status, which create ignores.
     let status = NodeStatus {
         addresses: Some(vec![
-            NodeAddress { type_: "InternalIP".into(), address: internal_ip.to_string() },
-            NodeAddress { type_: "Hostname".into(), address: name.to_string() },
+            NodeAddress {
+                type_: "InternalIP".into(),
+                address: internal_ip.to_string(),
+            },
+            NodeAddress {
+                type_: "Hostname".into(),
+                address: name.to_string(),
+            },
         ]),
         ..Default::default()
     };
     let patch = serde_json::json!({ "status": status });
     let _ = created;
-    Ok(api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await?)
+    Ok(api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?)
 }
 
 /// Creates a NodeENI as a platform team would declare it.
-pub async fn create_nodeeni(client: &Client, name: &str, selector: &[(&str, &str)], device_index: i32, subnets: &[&str]) -> Result<NodeENI> {
+pub async fn create_nodeeni(
+    client: &Client,
+    name: &str,
+    selector: &[(&str, &str)],
+    device_index: i32,
+    subnets: &[&str],
+) -> Result<NodeENI> {
     create_nodeeni_with(client, name, selector, device_index, subnets, |_| {}).await
 }
 
@@ -99,7 +134,10 @@ pub async fn create_nodeeni_with(
 ) -> Result<NodeENI> {
     let api: Api<NodeENI> = Api::all(client.clone());
     let mut spec = NodeENISpec {
-        node_selector: selector.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+        node_selector: selector
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>(),
         device_index: Some(device_index),
         security_group_ids: Some(vec!["sg-0123456789abcdef0".into()]),
         ..Default::default()
@@ -132,23 +170,36 @@ pub fn attachment(node: &str, device_index: i32, eni_id: &str) -> ENIAttachment 
 /// Adds (or replaces, by nodeID + deviceIndex) an attachment the way the Multi-ENI
 /// Controller does: read, modify, update the whole status with the resourceVersion.
 /// Retries on conflict.
-pub async fn upsert_attachment(client: &Client, nodeeni: &str, att: ENIAttachment) -> Result<NodeENI> {
+pub async fn upsert_attachment(
+    client: &Client,
+    nodeeni: &str,
+    att: ENIAttachment,
+) -> Result<NodeENI> {
     let api: Api<NodeENI> = Api::all(client.clone());
     for _ in 0..20 {
         let mut eni = api.get_status(nodeeni).await?;
         let status = eni.status.get_or_insert_with(NodeENIStatus::default);
-        status.attachments.retain(|a| !(a.node_id == att.node_id && a.device_index == att.device_index));
+        status
+            .attachments
+            .retain(|a| !(a.node_id == att.node_id && a.device_index == att.device_index));
         status.attachments.push(att.clone());
-        match api.replace_status(nodeeni, &PostParams::default(), &eni).await {
+        match api
+            .replace_status(nodeeni, &PostParams::default(), &eni)
+            .await
+        {
             Ok(updated) => return Ok(updated),
             Err(kube::Error::Api(s)) if s.code == 409 => continue,
             Err(e) => return Err(e.into()),
         }
     }
-    Err(Error::Other(format!("NodeENI {nodeeni}: attachment update kept conflicting")))
+    Err(Error::Other(format!(
+        "NodeENI {nodeeni}: attachment update kept conflicting"
+    )))
 }
 
 /// A small stable hash, for fake instance and ENI IDs.
 fn fxhash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
 }

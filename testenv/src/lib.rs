@@ -19,16 +19,22 @@ mod process;
 pub mod workload_pods;
 
 pub use binaries::{Binaries, ensure_binaries};
-pub use process::Reaper;
 pub use control_plane::{ControlPlane, StartOptions, shared, unique_name};
+pub use process::Reaper;
 
 /// Errors of the test environment.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("`go` was not found on PATH; the local control plane is built from Go modules (install Go 1.26+): {0}")]
+    #[error(
+        "`go` was not found on PATH; the local control plane is built from Go modules (install Go 1.26+): {0}"
+    )]
     GoMissing(#[source] std::io::Error),
     #[error("building {what} failed (exit {code:?}); last output:\n{tail}")]
-    GoBuild { what: String, code: Option<i32>, tail: String },
+    GoBuild {
+        what: String,
+        code: Option<i32>,
+        tail: String,
+    },
     #[error("I/O on {path}: {source}")]
     Io {
         path: String,
@@ -38,9 +44,19 @@ pub enum Error {
     #[error("generating certificates: {0}")]
     Certs(#[from] rcgen::Error),
     #[error("{what} did not become ready within {secs}s; its log ({log}) ends with:\n{tail}")]
-    NotReady { what: String, secs: u64, log: String, tail: String },
+    NotReady {
+        what: String,
+        secs: u64,
+        log: String,
+        tail: String,
+    },
     #[error("{what} exited early with {status}; its log ({log}) ends with:\n{tail}")]
-    Exited { what: String, status: String, log: String, tail: String },
+    Exited {
+        what: String,
+        status: String,
+        log: String,
+        tail: String,
+    },
     #[error("kubeconfig: {0}")]
     Kubeconfig(String),
     #[error("kubernetes client: {0}")]

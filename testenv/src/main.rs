@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use dpdk_testenv::{ControlPlane, StartOptions, ensure_binaries};
 
 #[derive(Parser)]
-#[command(name = "dpdk-testenv", version, about = "A real local Kubernetes control plane (kube-apiserver + etcd built from Go modules) for dpdk-gitops")]
+#[command(
+    name = "dpdk-testenv",
+    version,
+    about = "A real local Kubernetes control plane (kube-apiserver + etcd built from Go modules) for dpdk-gitops"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -45,12 +49,22 @@ async fn main() -> std::process::ExitCode {
             .map_err(|e| dpdk_testenv::Error::Other(e.to_string()))
             .and_then(|r| r)
             .map(|b| {
-                println!("kube-apiserver {} {}", b.kubernetes_version, b.kube_apiserver.display());
-                println!("kubectl        {} {}", b.kubernetes_version, b.kubectl.display());
+                println!(
+                    "kube-apiserver {} {}",
+                    b.kubernetes_version,
+                    b.kube_apiserver.display()
+                );
+                println!(
+                    "kubectl        {} {}",
+                    b.kubernetes_version,
+                    b.kubectl.display()
+                );
                 println!("etcd           {} {}", b.etcd_version, b.etcd.display());
             }),
         Cmd::Up { data_dir, no_crds } => up(data_dir, !no_crds).await,
-        Cmd::Demo { once, nodes } => dpdk_testenv::demo::run(dpdk_testenv::demo::DemoOptions { once, nodes }).await,
+        Cmd::Demo { once, nodes } => {
+            dpdk_testenv::demo::run(dpdk_testenv::demo::DemoOptions { once, nodes }).await
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -63,10 +77,19 @@ async fn main() -> std::process::ExitCode {
 
 async fn up(data_dir: Option<PathBuf>, install_crds: bool) -> dpdk_testenv::Result<()> {
     eprintln!("[testenv] starting etcd and kube-apiserver...");
-    let cp = ControlPlane::start(StartOptions { install_crds, data_dir, ..Default::default() }).await?;
+    let cp = ControlPlane::start(StartOptions {
+        install_crds,
+        data_dir,
+        ..Default::default()
+    })
+    .await?;
     println!("control plane ready at {}", cp.server_url());
     println!("kubeconfig: {}", cp.kubeconfig_path().display());
-    println!("try:        KUBECONFIG={} {} get crds", cp.kubeconfig_path().display(), cp.binaries().kubectl.display());
+    println!(
+        "try:        KUBECONFIG={} {} get crds",
+        cp.kubeconfig_path().display(),
+        cp.binaries().kubectl.display()
+    );
     println!("Ctrl-C stops it.");
     let _ = tokio::signal::ctrl_c().await;
     drop(cp);

@@ -48,8 +48,14 @@ pub(crate) fn spawn_tied(mut cmd: Command) -> Result<Child> {
         });
     }
     let (tx, rx) = mpsc::channel();
-    spawner().lock().map_err(|_| Error::Spawner)?.send((cmd, tx)).map_err(|_| Error::Spawner)?;
-    rx.recv().map_err(|_| Error::Spawner)?.map_err(|e| Error::Other(format!("spawn: {e}")))
+    spawner()
+        .lock()
+        .map_err(|_| Error::Spawner)?
+        .send((cmd, tx))
+        .map_err(|_| Error::Spawner)?;
+    rx.recv()
+        .map_err(|_| Error::Spawner)?
+        .map_err(|e| Error::Other(format!("spawn: {e}")))
 }
 
 /// SIGTERM, then SIGKILL after `grace`; always reaps.
@@ -80,7 +86,10 @@ pub struct Reaper {
 impl Reaper {
     /// Spawns `cmd` tied to this process.
     pub fn spawn(cmd: Command, grace: std::time::Duration) -> Result<Reaper> {
-        Ok(Reaper { child: spawn_tied(cmd)?, grace })
+        Ok(Reaper {
+            child: spawn_tied(cmd)?,
+            grace,
+        })
     }
 }
 

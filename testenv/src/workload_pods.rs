@@ -35,10 +35,26 @@ pub async fn record(client: &Client, namespace: &str) -> Result<Vec<String>> {
     for ds in daemonsets.list(&ListParams::default()).await?.items {
         let ds_name = ds.name_any();
         let template = ds.spec.template.clone();
-        let selector = template.spec.as_ref().and_then(|s| s.node_selector.clone()).unwrap_or_default();
-        let selected = nodes.list(&ListParams::default().labels(&label_selector(&selector))).await?.items;
+        let selector = template
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_selector.clone())
+            .unwrap_or_default();
+        let selected = nodes
+            .list(&ListParams::default().labels(&label_selector(&selector)))
+            .await?
+            .items;
         let existing: BTreeMap<String, String> = pods
-            .list(&ListParams::default().labels(&label_selector(&template.metadata.clone().unwrap_or_default().labels.unwrap_or_default())))
+            .list(
+                &ListParams::default().labels(&label_selector(
+                    &template
+                        .metadata
+                        .clone()
+                        .unwrap_or_default()
+                        .labels
+                        .unwrap_or_default(),
+                )),
+            )
             .await?
             .items
             .into_iter()
@@ -60,19 +76,32 @@ pub async fn record(client: &Client, namespace: &str) -> Result<Vec<String>> {
             "numberReady": ready, "numberAvailable": ready, "updatedNumberScheduled": ready,
             "observedGeneration": ds.metadata.generation,
         }});
-        daemonsets.patch_status(&ds_name, &PatchParams::default(), &Patch::Merge(status)).await?;
+        daemonsets
+            .patch_status(&ds_name, &PatchParams::default(), &Patch::Merge(status))
+            .await?;
     }
     Ok(names)
 }
 
 fn label_selector(labels: &BTreeMap<String, String>) -> String {
-    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
-async fn create_pod(pods: &Api<Pod>, ds: &DaemonSet, template: &k8s_openapi::api::core::v1::PodTemplateSpec, node: &str) -> Result<String> {
+async fn create_pod(
+    pods: &Api<Pod>,
+    ds: &DaemonSet,
+    template: &k8s_openapi::api::core::v1::PodTemplateSpec,
+    node: &str,
+) -> Result<String> {
     let ds_name = ds.name_any();
     let meta = template.metadata.clone().unwrap_or_default();
-    let mut spec = template.spec.clone().ok_or_else(|| Error::Other(format!("DaemonSet {ds_name}: the pod template has no spec")))?;
+    let mut spec = template.spec.clone().ok_or_else(|| {
+        Error::Other(format!("DaemonSet {ds_name}: the pod template has no spec"))
+    })?;
     spec.node_name = Some(node.to_string());
     let pod = Pod {
         metadata: ObjectMeta {
@@ -101,7 +130,12 @@ async fn create_pod(pods: &Api<Pod>, ds: &DaemonSet, template: &k8s_openapi::api
 
 /// What a kubelet reports for a started pod: init containers completed, containers running
 /// and ready.
-async fn set_running(pods: &Api<Pod>, name: &str, node: &Node, template: &k8s_openapi::api::core::v1::PodTemplateSpec) -> Result<()> {
+async fn set_running(
+    pods: &Api<Pod>,
+    name: &str,
+    node: &Node,
+    template: &k8s_openapi::api::core::v1::PodTemplateSpec,
+) -> Result<()> {
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let host_ip = node
         .status
@@ -111,16 +145,18 @@ async fn set_running(pods: &Api<Pod>, name: &str, node: &Node, template: &k8s_op
         .map(|a| a.address.clone())
         .unwrap_or_default();
     let spec = template.spec.clone().unwrap_or_default();
-    let status = |c: &k8s_openapi::api::core::v1::Container, state: Value, ready: bool| {
-        json!({"name": c.name, "image": c.image, "imageID": "", "ready": ready, "started": ready, "restartCount": 0, "state": state})
-    };
+    let status = |c: &k8s_openapi::api::core::v1::Container, state: Value, ready: bool| json!({"name": c.name, "image": c.image, "imageID": "", "ready": ready, "started": ready, "restartCount": 0, "state": state});
     let init: Vec<Value> = spec
         .init_containers
         .iter()
         .flatten()
         .map(|c| status(c, json!({"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}}), true))
         .collect();
-    let main: Vec<Value> = spec.containers.iter().map(|c| status(c, json!({"running": {"startedAt": now}}), true)).collect();
+    let main: Vec<Value> = spec
+        .containers
+        .iter()
+        .map(|c| status(c, json!({"running": {"startedAt": now}}), true))
+        .collect();
     let cond = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
     let body = json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -134,6 +170,11 @@ async fn set_running(pods: &Api<Pod>, name: &str, node: &Node, template: &k8s_op
             "containerStatuses": main,
         }
     });
-    pods.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await?;
+    pods.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await?;
     Ok(())
 }

@@ -16,11 +16,34 @@ use serde::{Deserialize, Serialize};
     status = "DPDKConfigStatus",
     derive = "PartialEq",
     doc = "DPDKConfig declares which nodes run DPDK, with which kernel driver options, and which ENI device indices are bound and exposed under which extended resource name.",
-    printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#),
-    printcolumn(name = "ReadyNodes", type_ = "integer", json_path = ".status.readyNodes", description = "Nodes whose DPDKNodeState reports Succeeded for this config's devices"),
-    printcolumn(name = "MatchedNodes", type_ = "integer", json_path = ".status.matchedNodes", description = "Nodes that carry every label in spec.nodeSelector"),
-    printcolumn(name = "Revision", type_ = "string", json_path = ".status.lastAppliedRevision", description = "Git revision this object was applied from"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(
+        name = "ReadyNodes",
+        type_ = "integer",
+        json_path = ".status.readyNodes",
+        description = "Nodes whose DPDKNodeState reports Succeeded for this config's devices"
+    ),
+    printcolumn(
+        name = "MatchedNodes",
+        type_ = "integer",
+        json_path = ".status.matchedNodes",
+        description = "Nodes that carry every label in spec.nodeSelector"
+    ),
+    printcolumn(
+        name = "Revision",
+        type_ = "string",
+        json_path = ".status.lastAppliedRevision",
+        description = "Git revision this object was applied from"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DPDKConfigSpec {
@@ -67,7 +90,11 @@ fn default_true() -> bool {
 
 impl Default for DriverOptions {
     fn default() -> Self {
-        Self { enable_unsafe_no_iommu: true, write_combining: None, write_combing: None }
+        Self {
+            enable_unsafe_no_iommu: true,
+            write_combining: None,
+            write_combing: None,
+        }
     }
 }
 
@@ -85,7 +112,9 @@ impl DriverOptions {
 }
 
 /// One ENI device index bound to a DPDK driver and exposed as an extended resource.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceMapping {
     /// The ENI's device index on the instance (as in NodeENI.spec.deviceIndex). Must be >= 1.
@@ -104,7 +133,20 @@ pub struct ResourceMapping {
 }
 
 /// A DPDK-compatible kernel driver.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, schemars::JsonSchema)]
+#[derive(
+    Deserialize,
+    Serialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    schemars::JsonSchema,
+)]
 pub enum DpdkDriver {
     #[default]
     #[serde(rename = "vfio-pci")]
@@ -126,7 +168,11 @@ impl DpdkDriver {
     }
 
     /// All drivers, in the order the CRD lists them.
-    pub const ALL: [DpdkDriver; 3] = [DpdkDriver::VfioPci, DpdkDriver::IgbUio, DpdkDriver::UioPciGeneric];
+    pub const ALL: [DpdkDriver; 3] = [
+        DpdkDriver::VfioPci,
+        DpdkDriver::IgbUio,
+        DpdkDriver::UioPciGeneric,
+    ];
 }
 
 impl std::fmt::Display for DpdkDriver {
@@ -155,7 +201,11 @@ pub struct DPDKConfigStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes_ready: Vec<String>,
     /// NodeENIs whose DPDK fields this config drives.
-    #[serde(default, rename = "updatedNodeENIs", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "updatedNodeENIs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub updated_node_enis: Vec<String>,
     /// The Git revision (`<ref>@sha1:<sha>`) this object was applied from, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -166,7 +216,18 @@ pub struct DPDKConfigStatus {
 }
 
 /// A conflict the controller found and did not resolve by overwriting.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, schemars::JsonSchema)]
+#[derive(
+    Deserialize,
+    Serialize,
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigConflict {
     /// OverlappingConfig, SelectorReachesUnmatchedNodes, PartialMultiSubnet or FieldManagerConflict.

@@ -19,8 +19,17 @@ use serde::{Deserialize, Serialize};
     status = "NodeENIStatus",
     derive = "PartialEq",
     doc = "NodeENI (AWS Multi-ENI Controller) attaches ENIs to the nodes its selector matches.",
-    printcolumn(name = "Nodes", type_ = "string", json_path = ".status.attachments[*].nodeID", description = "Nodes with ENIs attached"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Nodes",
+        type_ = "string",
+        json_path = ".status.attachments[*].nodeID",
+        description = "Nodes with ENIs attached"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NodeENISpec {
@@ -39,7 +48,11 @@ pub struct NodeENISpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet_names: Option<Vec<String>>,
     /// AWS Security Group IDs to attach to the ENI.
-    #[serde(default, rename = "securityGroupIDs", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "securityGroupIDs",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub security_group_ids: Option<Vec<String>>,
     /// AWS Security Group Names (used if securityGroupIDs is not provided).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,16 +72,32 @@ pub struct NodeENISpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<i32>,
     /// Bind the ENI to a DPDK driver.
-    #[serde(default, rename = "enableDPDK", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "enableDPDK",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub enable_dpdk: Option<bool>,
     /// DPDK driver (vfio-pci, igb_uio, uio_pci_generic).
-    #[serde(default, rename = "dpdkDriver", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "dpdkDriver",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub dpdk_driver: Option<String>,
     /// Extended resource name the device is advertised under.
-    #[serde(default, rename = "dpdkResourceName", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "dpdkResourceName",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub dpdk_resource_name: Option<String>,
     /// Explicit PCI address of the device, skipping MAC-based discovery.
-    #[serde(default, rename = "dpdkPCIAddress", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "dpdkPCIAddress",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub dpdk_pci_address: Option<String>,
 }
 
@@ -86,15 +115,27 @@ pub struct NodeENIStatus {
 pub struct ENIAttachment {
     #[serde(default, rename = "nodeID", skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
-    #[serde(default, rename = "instanceID", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "instanceID",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub instance_id: Option<String>,
     #[serde(default, rename = "eniID", skip_serializing_if = "Option::is_none")]
     pub eni_id: Option<String>,
-    #[serde(default, rename = "attachmentID", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "attachmentID",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub attachment_id: Option<String>,
     #[serde(default, rename = "subnetID", skip_serializing_if = "Option::is_none")]
     pub subnet_id: Option<String>,
-    #[serde(default, rename = "subnetCIDR", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "subnetCIDR",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub subnet_cidr: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<i32>,
@@ -106,10 +147,22 @@ pub struct ENIAttachment {
     pub last_updated: Option<Time>,
     #[serde(default, rename = "dpdkBound", skip_serializing_if = "Option::is_none")]
     pub dpdk_bound: Option<bool>,
-    #[serde(default, rename = "dpdkDriver", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "dpdkDriver",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub dpdk_driver: Option<String>,
-    #[serde(default, rename = "dpdkResourceName", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "dpdkResourceName",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub dpdk_resource_name: Option<String>,
-    #[serde(default, rename = "dpdkPCIAddress", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "dpdkPCIAddress",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub dpdk_pci_address: Option<String>,
 }

@@ -18,9 +18,23 @@ use super::DpdkDriver;
     status = "DPDKNodeStateStatus",
     derive = "PartialEq",
     doc = "DPDKNodeState is the per-node contract between the DPDK controller (spec) and the node agent (status). Its name is the node's name.",
-    printcolumn(name = "Sync", type_ = "string", json_path = ".status.syncStatus", description = "Succeeded, InProgress or Failed"),
-    printcolumn(name = "Devices", type_ = "integer", json_path = ".status.boundDevices", description = "Devices bound to their DPDK driver"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Sync",
+        type_ = "string",
+        json_path = ".status.syncStatus",
+        description = "Succeeded, InProgress or Failed"
+    ),
+    printcolumn(
+        name = "Devices",
+        type_ = "integer",
+        json_path = ".status.boundDevices",
+        description = "Devices bound to their DPDK driver"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DPDKNodeStateSpec {
@@ -50,12 +64,17 @@ pub struct EffectiveDriverOptions {
 
 impl Default for EffectiveDriverOptions {
     fn default() -> Self {
-        Self { enable_unsafe_no_iommu: true, write_combining: false }
+        Self {
+            enable_unsafe_no_iommu: true,
+            write_combining: false,
+        }
     }
 }
 
 /// One device the node agent must bind.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, schemars::JsonSchema)]
+#[derive(
+    Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct DesiredDevice {
     #[schemars(range(min = 1))]
@@ -67,7 +86,11 @@ pub struct DesiredDevice {
     #[serde(default, rename = "eniID", skip_serializing_if = "Option::is_none")]
     pub eni_id: Option<String>,
     /// An explicit PCI address (NodeENI spec.dpdkPCIAddress), when set.
-    #[serde(default, rename = "pciAddress", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "pciAddress",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub pci_address: Option<String>,
     pub resource_name: String,
     #[serde(default)]
@@ -128,7 +151,9 @@ pub struct WriteCombiningStatus {
     pub reason: Option<String>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
 pub enum WriteCombiningState {
     Enabled,
     Unavailable,

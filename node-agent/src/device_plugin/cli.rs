@@ -66,7 +66,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Entry point of the subcommand.
 pub fn main(args: DevicePluginArgs) -> ExitCode {
-    let Some(runtime) = crate::runtime::build(crate::runtime::Flavor::MultiThread { workers: None }) else {
+    let Some(runtime) =
+        crate::runtime::build(crate::runtime::Flavor::MultiThread { workers: None })
+    else {
         return ExitCode::FAILURE;
     };
     match runtime.block_on(run(args)) {

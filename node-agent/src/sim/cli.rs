@@ -80,7 +80,9 @@ const RESOURCE_PREFIX: &str = "intel.com";
 
 /// Entry point of `simulate`.
 pub fn main(args: SimulateArgs) -> ExitCode {
-    let Some(runtime) = crate::runtime::build(crate::runtime::Flavor::MultiThread { workers: Some(2) }) else {
+    let Some(runtime) =
+        crate::runtime::build(crate::runtime::Flavor::MultiThread { workers: Some(2) })
+    else {
         return ExitCode::FAILURE;
     };
     match runtime.block_on(run(args)) {
@@ -377,4 +379,3 @@ async fn run_device_plugin(
     let stopped = kubelet.shutdown().await;
     result.and(stopped)
 }
-

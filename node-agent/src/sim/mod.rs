@@ -588,7 +588,12 @@ impl SimNode {
     /// Loads the modules `cfg` needs on this node, as the agent's `load` does on a host.
     pub fn load_modules(&self, cfg: &ModuleConfig) -> Result<LoadResult, Error> {
         let sysfs = Sysfs::new(&self.sys);
-        let host = ModuleHost { sysfs: &sysfs, kernel: self, host_root: &self.host, release: &self.release };
+        let host = ModuleHost {
+            sysfs: &sysfs,
+            kernel: self,
+            host_root: &self.host,
+            release: &self.release,
+        };
         modules::ensure_loaded(&host, cfg)
     }
 }

@@ -328,7 +328,12 @@ pub fn start(
         stop,
     );
     let (ready_tx, ready) = watch::channel(None);
-    let stores = (configs.clone(), nodes.clone(), node_enis.clone(), node_states.clone());
+    let stores = (
+        configs.clone(),
+        nodes.clone(),
+        node_enis.clone(),
+        node_states.clone(),
+    );
     tokio::spawn(async move {
         let (c, n, e, s) = stores;
         let ok = c.wait_until_ready().await.is_ok()

@@ -61,12 +61,17 @@ pub struct DiffArgs {
 
 /// Runs `diff`, printing to `out`. Ok(true) when the printed format shows drift.
 pub async fn run(args: &DiffArgs, out: &mut dyn std::io::Write) -> Result<bool, Error> {
-    let key = match args.source.as_deref() {
-        Some(s) => Some(SourceKey::parse(s).ok_or_else(|| Error::Flag(format!("--source {s:?}: expected <namespace>/<name>")))?),
-        None => None,
-    };
+    let key =
+        match args.source.as_deref() {
+            Some(s) => Some(SourceKey::parse(s).ok_or_else(|| {
+                Error::Flag(format!("--source {s:?}: expected <namespace>/<name>"))
+            })?),
+            None => None,
+        };
     if key.is_none() && args.checkout.is_none() {
-        return Err(Error::Flag("diff needs --checkout <dir>, --source <namespace>/<name>, or both".into()));
+        return Err(Error::Flag(
+            "diff needs --checkout <dir>, --source <namespace>/<name>, or both".into(),
+        ));
     }
     let client = client(args).await?;
     let source = match &key {
@@ -74,7 +79,10 @@ pub async fn run(args: &DiffArgs, out: &mut dyn std::io::Write) -> Result<bool, 
             Api::<DPDKConfigSource>::namespaced(client.clone(), &k.namespace)
                 .get(&k.name)
                 .await
-                .map_err(|e| Error::Kube { context: format!("reading DPDKConfigSource {k}"), source: e })?,
+                .map_err(|e| Error::Kube {
+                    context: format!("reading DPDKConfigSource {k}"),
+                    source: e,
+                })?,
         ),
         None => None,
     };
@@ -83,7 +91,8 @@ pub async fn run(args: &DiffArgs, out: &mut dyn std::io::Write) -> Result<bool, 
         (None, Some(s)) => s.spec.path.clone(),
         (None, None) => ".".to_string(),
     };
-    let path = normalize_repo_path(&path).map_err(|e| Error::Flag(format!("--path {path:?}: {e}")))?;
+    let path =
+        normalize_repo_path(&path).map_err(|e| Error::Flag(format!("--path {path:?}: {e}")))?;
 
     let (root, revision, _tmp) = match (&args.checkout, &source, &key) {
         (Some(dir), _, _) => (dir.clone(), checkout_revision(dir), None),
@@ -91,7 +100,11 @@ pub async fn run(args: &DiffArgs, out: &mut dyn std::io::Write) -> Result<bool, 
             let (dir, rev, tmp) = fetch_source(&client, k, src).await?;
             (dir, Some(rev), Some(tmp))
         }
-        _ => return Err(Error::Flag("diff needs --checkout <dir> or --source".into())),
+        _ => {
+            return Err(Error::Flag(
+                "diff needs --checkout <dir> or --source".into(),
+            ));
+        }
     };
     let manifests = {
         let (root, path) = (root.clone(), path.clone());
@@ -102,41 +115,66 @@ pub async fn run(args: &DiffArgs, out: &mut dyn std::io::Write) -> Result<bool, 
     if !manifests.is_valid() {
         let errors: Vec<String> = manifests.errors().map(ToString::to_string).collect();
         return Err(Error::Source {
-            key: key.as_ref().map_or_else(|| root.display().to_string(), ToString::to_string),
-            message: format!("the repository does not validate; drift is computed against valid revisions only:\n{}", errors.join("\n")),
+            key: key
+                .as_ref()
+                .map_or_else(|| root.display().to_string(), ToString::to_string),
+            message: format!(
+                "the repository does not validate; drift is computed against valid revisions only:\n{}",
+                errors.join("\n")
+            ),
         });
     }
     let mut git = GitSource::from_manifests(key.clone(), revision, &path, &manifests);
-    git.ignore = source.as_ref().map(|s| s.spec.ignore_differences.clone()).unwrap_or_default();
+    git.ignore = source
+        .as_ref()
+        .map(|s| s.spec.ignore_differences.clone())
+        .unwrap_or_default();
     git.adopt_orphans = true;
 
     let live = read_live(&client, args.name_prefix.as_deref()).await?;
     let report = compute(std::slice::from_ref(&git), &live, Timestamp::now(), None);
     let (text, drift) = match args.format {
         Format::Json => (render_json(&report), !report.findings.is_empty()),
-        Format::Diff => (render_diff(&report, std::slice::from_ref(&git), &live), !report.findings.is_empty()),
+        Format::Diff => (
+            render_diff(&report, std::slice::from_ref(&git), &live),
+            !report.findings.is_empty(),
+        ),
         Format::Patch => (
             render_source_patch(&report, &git, &live),
             report.findings.iter().any(|f| f.layer == Layer::GitCluster),
         ),
     };
-    out.write_all(text.as_bytes()).map_err(|e| Error::Io { path: "stdout".into(), source: e })?;
+    out.write_all(text.as_bytes()).map_err(|e| Error::Io {
+        path: "stdout".into(),
+        source: e,
+    })?;
     Ok(drift)
 }
 
 async fn client(args: &DiffArgs) -> Result<Client, Error> {
-    let opts = KubeConfigOptions { context: args.context.clone(), ..Default::default() };
+    let opts = KubeConfigOptions {
+        context: args.context.clone(),
+        ..Default::default()
+    };
     let config = match &args.kubeconfig {
         Some(p) => {
-            let kc = Kubeconfig::read_from(p).map_err(|e| Error::Flag(format!("--kubeconfig {}: {e}", p.display())))?;
-            Config::from_custom_kubeconfig(kc, &opts).await.map_err(|e| Error::Flag(format!("--kubeconfig {}: {e}", p.display())))?
+            let kc = Kubeconfig::read_from(p)
+                .map_err(|e| Error::Flag(format!("--kubeconfig {}: {e}", p.display())))?;
+            Config::from_custom_kubeconfig(kc, &opts)
+                .await
+                .map_err(|e| Error::Flag(format!("--kubeconfig {}: {e}", p.display())))?
         }
-        None if args.context.is_some() => {
-            Config::from_kubeconfig(&opts).await.map_err(|e| Error::Flag(format!("kubeconfig: {e}")))?
-        }
-        None => Config::infer().await.map_err(|e| Error::Flag(format!("no kubeconfig or in-cluster config: {e}")))?,
+        None if args.context.is_some() => Config::from_kubeconfig(&opts)
+            .await
+            .map_err(|e| Error::Flag(format!("kubeconfig: {e}")))?,
+        None => Config::infer()
+            .await
+            .map_err(|e| Error::Flag(format!("no kubeconfig or in-cluster config: {e}")))?,
     };
-    Client::try_from(config).map_err(|e| Error::Kube { context: "creating the Kubernetes client".into(), source: e })
+    Client::try_from(config).map_err(|e| Error::Kube {
+        context: "creating the Kubernetes client".into(),
+        source: e,
+    })
 }
 
 /// `<branch>@sha1:<sha>` of a checkout's HEAD, when it is a Git repository.
@@ -144,41 +182,74 @@ fn checkout_revision(dir: &Path) -> Option<String> {
     let repo = git2::Repository::open(dir).ok()?;
     let head = repo.head().ok()?;
     let sha = head.peel_to_commit().ok()?.id().to_string();
-    let name = if head.is_branch() { head.shorthand().unwrap_or("HEAD").to_string() } else { "HEAD".to_string() };
+    let name = if head.is_branch() {
+        head.shorthand().unwrap_or("HEAD").to_string()
+    } else {
+        "HEAD".to_string()
+    };
     Some(format!("{name}@sha1:{sha}"))
 }
 
 /// Fetches the source's repository at the revision it last applied (or last fetched),
 /// with its Secret's credentials, into a temporary directory.
-async fn fetch_source(client: &Client, key: &SourceKey, src: &DPDKConfigSource) -> Result<(PathBuf, String, tempfile::TempDir), Error> {
+async fn fetch_source(
+    client: &Client,
+    key: &SourceKey,
+    src: &DPDKConfigSource,
+) -> Result<(PathBuf, String, tempfile::TempDir), Error> {
     use crate::source::auth::Credentials;
     use crate::source::spec::RefSpec;
-    let err = |message: String| Error::Source { key: key.to_string(), message };
+    let err = |message: String| Error::Source {
+        key: key.to_string(),
+        message,
+    };
     let status = src.status.clone().unwrap_or_default();
     let revision = status
         .last_applied_revision
         .or(status.last_fetched_revision)
         .ok_or_else(|| err("has no applied or fetched revision yet; pass --checkout".into()))?;
-    let sha = revision.rsplit_once("sha1:").map(|(_, s)| s.to_string()).ok_or_else(|| err(format!("revision {revision:?} has no sha1")))?;
+    let sha = revision
+        .rsplit_once("sha1:")
+        .map(|(_, s)| s.to_string())
+        .ok_or_else(|| err(format!("revision {revision:?} has no sha1")))?;
     let creds = match &src.spec.secret_ref {
         Some(r) => {
-            let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &key.namespace)
-                .get(&r.name)
-                .await
-                .map_err(|e| Error::Kube { context: format!("reading Secret {}/{} of DPDKConfigSource {key}", key.namespace, r.name), source: e })?;
-            let data = secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+            let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
+                client.clone(),
+                &key.namespace,
+            )
+            .get(&r.name)
+            .await
+            .map_err(|e| Error::Kube {
+                context: format!(
+                    "reading Secret {}/{} of DPDKConfigSource {key}",
+                    key.namespace, r.name
+                ),
+                source: e,
+            })?;
+            let data = secret
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
             Credentials::from_secret_data(&data)
         }
         None => Credentials::default(),
     };
-    let tmp = tempfile::tempdir().map_err(|e| Error::Io { path: "temporary directory".into(), source: e })?;
+    let tmp = tempfile::tempdir().map_err(|e| Error::Io {
+        path: "temporary directory".into(),
+        source: e,
+    })?;
     let cache = tmp.path().to_path_buf();
     let url = src.spec.url.clone();
     let refspec = RefSpec::Commit(sha);
-    let fetched = tokio::task::spawn_blocking(move || crate::source::git::fetch(&url, &refspec, &creds, &cache))
-        .await
-        .map_err(|e| err(format!("fetch task: {e}")))?
-        .map_err(|e| err(format!("fetching {}: {e}", src.spec.url)))?;
+    let fetched = tokio::task::spawn_blocking(move || {
+        crate::source::git::fetch(&url, &refspec, &creds, &cache)
+    })
+    .await
+    .map_err(|e| err(format!("fetch task: {e}")))?
+    .map_err(|e| err(format!("fetching {}: {e}", src.spec.url)))?;
     Ok((fetched.checkout, revision, tmp))
 }
 
@@ -187,18 +258,52 @@ pub async fn read_live(client: &Client, name_prefix: Option<&str>) -> Result<Liv
     let lp = ListParams::default();
     let kube_err = |what: &str| {
         let what = what.to_string();
-        move |e| Error::Kube { context: format!("listing {what}"), source: e }
+        move |e| Error::Kube {
+            context: format!("listing {what}"),
+            source: e,
+        }
     };
-    let keep = |name: &Option<String>| name_prefix.is_none_or(|p| name.as_deref().is_some_and(|n| n.starts_with(p)));
-    let configs = Api::<DPDKConfig>::all(client.clone()).list(&lp).await.map_err(kube_err("DPDKConfigs"))?;
-    let enis = Api::<NodeENI>::all(client.clone()).list(&lp).await.map_err(kube_err("NodeENIs"))?;
-    let states = Api::<DPDKNodeState>::all(client.clone()).list(&lp).await.map_err(kube_err("DPDKNodeStates"))?;
-    let nodes = Api::<Node>::all(client.clone()).list_metadata(&lp).await.map_err(kube_err("Nodes"))?;
+    let keep = |name: &Option<String>| {
+        name_prefix.is_none_or(|p| name.as_deref().is_some_and(|n| n.starts_with(p)))
+    };
+    let configs = Api::<DPDKConfig>::all(client.clone())
+        .list(&lp)
+        .await
+        .map_err(kube_err("DPDKConfigs"))?;
+    let enis = Api::<NodeENI>::all(client.clone())
+        .list(&lp)
+        .await
+        .map_err(kube_err("NodeENIs"))?;
+    let states = Api::<DPDKNodeState>::all(client.clone())
+        .list(&lp)
+        .await
+        .map_err(kube_err("DPDKNodeStates"))?;
+    let nodes = Api::<Node>::all(client.clone())
+        .list_metadata(&lp)
+        .await
+        .map_err(kube_err("Nodes"))?;
     Ok(LiveObjects {
-        configs: configs.items.into_iter().filter(|o| keep(&o.metadata.name)).collect(),
-        node_enis: enis.items.into_iter().filter(|o| keep(&o.metadata.name)).collect(),
-        node_states: states.items.into_iter().filter(|o| keep(&o.metadata.name)).collect(),
-        nodes: nodes.items.into_iter().filter(|o| keep(&o.metadata.name)).map(|o| o.metadata).collect(),
+        configs: configs
+            .items
+            .into_iter()
+            .filter(|o| keep(&o.metadata.name))
+            .collect(),
+        node_enis: enis
+            .items
+            .into_iter()
+            .filter(|o| keep(&o.metadata.name))
+            .collect(),
+        node_states: states
+            .items
+            .into_iter()
+            .filter(|o| keep(&o.metadata.name))
+            .collect(),
+        nodes: nodes
+            .items
+            .into_iter()
+            .filter(|o| keep(&o.metadata.name))
+            .map(|o| o.metadata)
+            .collect(),
         complete: name_prefix.is_none(),
     })
 }

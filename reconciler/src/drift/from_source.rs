@@ -13,7 +13,12 @@ impl GitProvider for SourceStore {
             .into_iter()
             .map(|s| {
                 let key = SourceKey::new(s.key.namespace.clone(), s.key.name.clone());
-                let mut g = GitSource::from_manifests(Some(key), Some(s.revision.clone()), &s.path, &s.manifests);
+                let mut g = GitSource::from_manifests(
+                    Some(key),
+                    Some(s.revision.clone()),
+                    &s.path,
+                    &s.manifests,
+                );
                 g.ignore = s.ignore_differences.clone();
                 g
             })

@@ -22,9 +22,22 @@ pub fn routes(state: DriftState) -> Router {
         .with_state(state)
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>, snap: Option<&Snapshot>) -> Response {
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+    snap: Option<&Snapshot>,
+) -> Response {
     let body: Bytes = body.into();
-    let mut resp = (status, [(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-store")], body).into_response();
+    let mut resp = (
+        status,
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response();
     if let Some(s) = snap
         && let Ok(v) = HeaderValue::from_str(&s.report.generated_at)
     {
@@ -34,7 +47,12 @@ fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>, 
 }
 
 fn not_ready() -> Response {
-    text(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "drift has not been computed yet; retry shortly\n", None)
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "text/plain; charset=utf-8",
+        "drift has not been computed yet; retry shortly\n",
+        None,
+    )
 }
 
 async fn drift_json(State(state): State<DriftState>) -> Response {
@@ -46,14 +64,28 @@ async fn drift_json(State(state): State<DriftState>) -> Response {
 
 async fn drift_diff(State(state): State<DriftState>) -> Response {
     match state.latest() {
-        Some(s) => text(StatusCode::OK, "text/x-diff; charset=utf-8", s.diff(), Some(&s)),
+        Some(s) => text(
+            StatusCode::OK,
+            "text/x-diff; charset=utf-8",
+            s.diff(),
+            Some(&s),
+        ),
         None => not_ready(),
     }
 }
 
 async fn drift_patch(State(state): State<DriftState>, RawQuery(query): RawQuery) -> Response {
-    let Some(snap) = state.latest() else { return not_ready() };
-    let bad = |msg: String| text(StatusCode::BAD_REQUEST, "text/plain; charset=utf-8", msg, Some(&snap));
+    let Some(snap) = state.latest() else {
+        return not_ready();
+    };
+    let bad = |msg: String| {
+        text(
+            StatusCode::BAD_REQUEST,
+            "text/plain; charset=utf-8",
+            msg,
+            Some(&snap),
+        )
+    };
     let wanted = query.as_deref().and_then(|q| query_param(q, "source"));
     let known = snap.patch_sources();
     let key = match wanted {
@@ -63,11 +95,21 @@ async fn drift_patch(State(state): State<DriftState>, RawQuery(query): RawQuery)
         },
         // With a single source the parameter may be left out.
         None if known.len() == 1 => known[0].clone(),
-        None => return bad(format!("missing ?source=<namespace>/<name>; sources: {}\n", known.join(", "))),
+        None => {
+            return bad(format!(
+                "missing ?source=<namespace>/<name>; sources: {}\n",
+                known.join(", ")
+            ));
+        }
     };
     match snap.patch(&key) {
         Some(p) => {
-            let mut resp = text(StatusCode::OK, "text/x-patch; charset=utf-8", p.text.clone(), Some(&snap));
+            let mut resp = text(
+                StatusCode::OK,
+                "text/x-patch; charset=utf-8",
+                p.text.clone(),
+                Some(&snap),
+            );
             if let Some(rev) = p.revision.as_deref()
                 && let Ok(v) = HeaderValue::from_str(rev)
             {
@@ -75,7 +117,12 @@ async fn drift_patch(State(state): State<DriftState>, RawQuery(query): RawQuery)
             }
             resp
         }
-        None => text(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", format!("no drift data for source {key}\n"), Some(&snap)),
+        None => text(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            format!("no drift data for source {key}\n"),
+            Some(&snap),
+        ),
     }
 }
 
@@ -93,7 +140,9 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
             if let Some(b) = hex {
                 out.push(b);
                 i += 3;
@@ -112,8 +161,14 @@ mod tests {
 
     #[test]
     fn query_values_are_percent_decoded() {
-        assert_eq!(query_param("source=dpdk-operator%2Fprod", "source").as_deref(), Some("dpdk-operator/prod"));
-        assert_eq!(query_param("a=1&source=ns/n", "source").as_deref(), Some("ns/n"));
+        assert_eq!(
+            query_param("source=dpdk-operator%2Fprod", "source").as_deref(),
+            Some("dpdk-operator/prod")
+        );
+        assert_eq!(
+            query_param("a=1&source=ns/n", "source").as_deref(),
+            Some("ns/n")
+        );
         assert_eq!(query_param("a=1", "source"), None);
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");

@@ -9,10 +9,18 @@ use super::normalize::pointer_tokens;
 /// its pointers is the finding's field path or an ancestor of it. `writeCombing` and
 /// `writeCombining` are the same field.
 pub fn rule_matches(rule: &IgnoreRule, finding: &Finding) -> bool {
-    if rule.kind.as_deref().is_some_and(|k| !k.eq_ignore_ascii_case(&finding.object.kind)) {
+    if rule
+        .kind
+        .as_deref()
+        .is_some_and(|k| !k.eq_ignore_ascii_case(&finding.object.kind))
+    {
         return false;
     }
-    if rule.name.as_deref().is_some_and(|n| n != finding.object.name) {
+    if rule
+        .name
+        .as_deref()
+        .is_some_and(|n| n != finding.object.name)
+    {
         return false;
     }
     let path = canonical_tokens(&finding.field_path);
@@ -23,7 +31,16 @@ pub fn rule_matches(rule: &IgnoreRule, finding: &Finding) -> bool {
 }
 
 fn canonical_tokens(pointer: &str) -> Vec<String> {
-    pointer_tokens(pointer).into_iter().map(|t| if t == "writeCombing" { "writeCombining".to_string() } else { t }).collect()
+    pointer_tokens(pointer)
+        .into_iter()
+        .map(|t| {
+            if t == "writeCombing" {
+                "writeCombining".to_string()
+            } else {
+                t
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -61,17 +78,36 @@ mod tests {
     #[test]
     fn pointer_prefixes_kind_and_name_select_findings() {
         let f = finding("DPDKConfig", "a", "/spec/resourceMapping/0/driver");
-        assert!(rule_matches(&rule(None, None, &["/spec/resourceMapping"]), &f));
-        assert!(rule_matches(&rule(Some("DPDKConfig"), Some("a"), &["/spec/resourceMapping/0/driver"]), &f));
+        assert!(rule_matches(
+            &rule(None, None, &["/spec/resourceMapping"]),
+            &f
+        ));
+        assert!(rule_matches(
+            &rule(
+                Some("DPDKConfig"),
+                Some("a"),
+                &["/spec/resourceMapping/0/driver"]
+            ),
+            &f
+        ));
         assert!(!rule_matches(&rule(Some("NodeENI"), None, &["/spec"]), &f));
         assert!(!rule_matches(&rule(None, Some("b"), &["/spec"]), &f));
-        assert!(!rule_matches(&rule(None, None, &["/spec/resource"]), &f), "a pointer prefix is by whole tokens");
-        assert!(!rule_matches(&rule(None, None, &["/spec/resourceMapping/1"]), &f));
+        assert!(
+            !rule_matches(&rule(None, None, &["/spec/resource"]), &f),
+            "a pointer prefix is by whole tokens"
+        );
+        assert!(!rule_matches(
+            &rule(None, None, &["/spec/resourceMapping/1"]),
+            &f
+        ));
     }
 
     #[test]
     fn the_seed_spelling_is_the_same_field() {
         let f = finding("DPDKConfig", "a", "/spec/driverOptions/writeCombing");
-        assert!(rule_matches(&rule(None, None, &["/spec/driverOptions/writeCombining"]), &f));
+        assert!(rule_matches(
+            &rule(None, None, &["/spec/driverOptions/writeCombining"]),
+            &f
+        ));
     }
 }

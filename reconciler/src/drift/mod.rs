@@ -26,4 +26,3 @@ pub mod yaml_render;
 
 pub use engine::compute;
 pub use model::*;
-

@@ -23,7 +23,10 @@ pub struct SourceKey {
 
 impl SourceKey {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), name: name.into() }
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 
     /// Parses `ns/name`.
@@ -70,7 +73,9 @@ impl GitDocument {
                     file: o.file.clone(),
                     raw: doc.raw.clone(),
                     positions: doc.index.clone(),
-                    normalized_spec: normalize_config_spec(o.body.get("spec").unwrap_or(&Value::Null)),
+                    normalized_spec: normalize_config_spec(
+                        o.body.get("spec").unwrap_or(&Value::Null),
+                    ),
                     value: o.body.clone(),
                 })
             })
@@ -80,12 +85,17 @@ impl GitDocument {
     /// Loads one file's text through the manifest loader and validator: its valid
     /// DPDKConfig documents.
     pub fn from_text(file: &str, text: &str) -> Vec<GitDocument> {
-        GitDocument::from_manifests(&Manifests::from_files(vec![RawFile { path: file.to_string(), bytes: text.as_bytes().to_vec() }]))
+        GitDocument::from_manifests(&Manifests::from_files(vec![RawFile {
+            path: file.to_string(),
+            bytes: text.as_bytes().to_vec(),
+        }]))
     }
 
     /// First line of the document's content (1-based, in the file).
     pub fn first_line(&self) -> usize {
-        self.positions.get("").map_or(self.raw.start_line, |n| n.first_line)
+        self.positions
+            .get("")
+            .map_or(self.raw.start_line, |n| n.first_line)
     }
 
     pub fn kind(&self) -> Option<&str> {
@@ -103,7 +113,10 @@ impl GitDocument {
     /// True for a DPDKConfig of our API group.
     pub fn is_dpdk_config(&self) -> bool {
         self.kind() == Some("DPDKConfig")
-            && self.api_version().and_then(|v| v.split_once('/')).is_some_and(|(g, _)| g == dpdk_bridge::api::GROUP)
+            && self
+                .api_version()
+                .and_then(|v| v.split_once('/'))
+                .is_some_and(|(g, _)| g == dpdk_bridge::api::GROUP)
     }
 
     /// The line that declares `pointer`, or its nearest declared ancestor.
@@ -140,12 +153,22 @@ pub struct GitSource {
 impl GitSource {
     /// A source from manifests loaded at `revision`: every file's text (for the patch)
     /// and every valid DPDKConfig document.
-    pub fn from_manifests(key: Option<SourceKey>, revision: Option<String>, path: &str, m: &Manifests) -> GitSource {
+    pub fn from_manifests(
+        key: Option<SourceKey>,
+        revision: Option<String>,
+        path: &str,
+        m: &Manifests,
+    ) -> GitSource {
         GitSource {
             key,
             revision,
             path: path.to_string(),
-            files: Arc::new(m.files.iter().map(|f| (f.path.clone(), f.text.clone())).collect()),
+            files: Arc::new(
+                m.files
+                    .iter()
+                    .map(|f| (f.path.clone(), f.text.clone()))
+                    .collect(),
+            ),
             documents: Arc::new(GitDocument::from_manifests(m)),
             ignore: Vec::new(),
             adopt_orphans: false,
@@ -217,8 +240,16 @@ impl Layer {
     /// The kinds of finding this layer can have.
     pub fn kinds(self) -> &'static [FindingKind] {
         match self {
-            Layer::GitCluster => &[FindingKind::Modified, FindingKind::Missing, FindingKind::Extra],
-            Layer::ClusterNodeEni => &[FindingKind::Modified, FindingKind::Extra, FindingKind::Conflict],
+            Layer::GitCluster => &[
+                FindingKind::Modified,
+                FindingKind::Missing,
+                FindingKind::Extra,
+            ],
+            Layer::ClusterNodeEni => &[
+                FindingKind::Modified,
+                FindingKind::Extra,
+                FindingKind::Conflict,
+            ],
             Layer::DesiredNode => &[
                 FindingKind::DeviceDriver,
                 FindingKind::DeviceMissing,
@@ -306,7 +337,11 @@ pub struct ObjectRef {
 
 impl ObjectRef {
     pub fn cluster(kind: &str, name: &str) -> Self {
-        Self { kind: kind.to_string(), name: name.to_string(), namespace: None }
+        Self {
+            kind: kind.to_string(),
+            name: name.to_string(),
+            namespace: None,
+        }
     }
 }
 

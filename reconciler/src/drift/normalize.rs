@@ -9,12 +9,20 @@ use serde_json::{Map, Value};
 
 /// RFC 6901 escaping of one reference token.
 pub fn escape_token(token: &str) -> String {
-    if token.contains(['~', '/']) { token.replace('~', "~0").replace('/', "~1") } else { token.to_string() }
+    if token.contains(['~', '/']) {
+        token.replace('~', "~0").replace('/', "~1")
+    } else {
+        token.to_string()
+    }
 }
 
 /// RFC 6901 unescaping of one reference token.
 pub fn unescape_token(token: &str) -> String {
-    if token.contains('~') { token.replace("~1", "/").replace("~0", "~") } else { token.to_string() }
+    if token.contains('~') {
+        token.replace("~1", "/").replace("~0", "~")
+    } else {
+        token.to_string()
+    }
 }
 
 /// Splits a pointer into unescaped tokens ("" → no tokens).
@@ -22,7 +30,11 @@ pub fn pointer_tokens(pointer: &str) -> Vec<String> {
     if pointer.is_empty() {
         return Vec::new();
     }
-    pointer.trim_start_matches('/').split('/').map(unescape_token).collect()
+    pointer
+        .trim_start_matches('/')
+        .split('/')
+        .map(unescape_token)
+        .collect()
 }
 
 /// A DPDKConfig spec with every default applied and the seed's `writeCombing` folded
@@ -36,10 +48,14 @@ pub fn normalize_config_spec(spec: &Value) -> Value {
         Some(Value::Object(o)) => o,
         _ => Map::new(),
     };
-    opts.entry("enableUnsafeNoIOMMU").or_insert(Value::Bool(true));
+    opts.entry("enableUnsafeNoIOMMU")
+        .or_insert(Value::Bool(true));
     let spelled = opts.remove("writeCombining");
     let misspelt = opts.remove("writeCombing");
-    let wc = spelled.filter(|v| !v.is_null()).or(misspelt.filter(|v| !v.is_null())).unwrap_or(Value::Bool(false));
+    let wc = spelled
+        .filter(|v| !v.is_null())
+        .or(misspelt.filter(|v| !v.is_null()))
+        .unwrap_or(Value::Bool(false));
     opts.insert("writeCombining".into(), wc);
     out.insert("driverOptions".into(), Value::Object(opts));
 
@@ -81,19 +97,33 @@ pub fn config_list_key(pointer: &str) -> Option<&'static str> {
 
 /// Compares `git` with `live` at `pointer`, descending into objects and keyed lists,
 /// and appends every differing leaf (or whole entry on one side only).
-pub fn diff_values(git: &Value, live: &Value, pointer: &str, list_key: &dyn Fn(&str) -> Option<&'static str>, out: &mut Vec<FieldDiff>) {
+pub fn diff_values(
+    git: &Value,
+    live: &Value,
+    pointer: &str,
+    list_key: &dyn Fn(&str) -> Option<&'static str>,
+    out: &mut Vec<FieldDiff>,
+) {
     match (git, live) {
         (Value::Object(g), Value::Object(l)) => {
             for (k, gv) in g {
                 let p = format!("{pointer}/{}", escape_token(k));
                 match l.get(k) {
                     Some(lv) => diff_values(gv, lv, &p, list_key, out),
-                    None => out.push(FieldDiff { pointer: p, git: Some(gv.clone()), live: None }),
+                    None => out.push(FieldDiff {
+                        pointer: p,
+                        git: Some(gv.clone()),
+                        live: None,
+                    }),
                 }
             }
             for (k, lv) in l {
                 if !g.contains_key(k) {
-                    out.push(FieldDiff { pointer: format!("{pointer}/{}", escape_token(k)), git: None, live: Some(lv.clone()) });
+                    out.push(FieldDiff {
+                        pointer: format!("{pointer}/{}", escape_token(k)),
+                        git: None,
+                        live: Some(lv.clone()),
+                    });
                 }
             }
         }
@@ -103,32 +133,51 @@ pub fn diff_values(git: &Value, live: &Value, pointer: &str, list_key: &dyn Fn(&
                 for (i, gv) in g.iter().enumerate() {
                     let p = format!("{pointer}/{i}");
                     let gk = gv.get(key);
-                    let found = l.iter().enumerate().find(|(j, lv)| !matched[*j] && gk.is_some() && lv.get(key) == gk);
+                    let found = l
+                        .iter()
+                        .enumerate()
+                        .find(|(j, lv)| !matched[*j] && gk.is_some() && lv.get(key) == gk);
                     match found {
                         Some((j, lv)) => {
                             matched[j] = true;
                             diff_values(gv, lv, &p, list_key, out);
                         }
-                        None => out.push(FieldDiff { pointer: p, git: Some(gv.clone()), live: None }),
+                        None => out.push(FieldDiff {
+                            pointer: p,
+                            git: Some(gv.clone()),
+                            live: None,
+                        }),
                     }
                 }
                 let mut next = g.len();
                 for (j, lv) in l.iter().enumerate() {
                     if !matched[j] {
-                        out.push(FieldDiff { pointer: format!("{pointer}/{next}"), git: None, live: Some(lv.clone()) });
+                        out.push(FieldDiff {
+                            pointer: format!("{pointer}/{next}"),
+                            git: None,
+                            live: Some(lv.clone()),
+                        });
                         next += 1;
                     }
                 }
             }
             None => {
                 if g != l {
-                    out.push(FieldDiff { pointer: pointer.to_string(), git: Some(git.clone()), live: Some(live.clone()) });
+                    out.push(FieldDiff {
+                        pointer: pointer.to_string(),
+                        git: Some(git.clone()),
+                        live: Some(live.clone()),
+                    });
                 }
             }
         },
         _ => {
             if !values_equal(git, live) {
-                out.push(FieldDiff { pointer: pointer.to_string(), git: Some(git.clone()), live: Some(live.clone()) });
+                out.push(FieldDiff {
+                    pointer: pointer.to_string(),
+                    git: Some(git.clone()),
+                    live: Some(live.clone()),
+                });
             }
         }
     }
@@ -154,7 +203,13 @@ mod tests {
         let live = json!({"nodeSelector": {"ng": "multi-eni"}, "driverOptions": {"enableUnsafeNoIOMMU": true, "writeCombing": true},
             "resourceMapping": [{"deviceIndex": 2, "resourceName": "intel.com/x", "driver": "vfio-pci"}]});
         let mut out = Vec::new();
-        diff_values(&normalize_config_spec(&git), &normalize_config_spec(&live), "/spec", &config_list_key, &mut out);
+        diff_values(
+            &normalize_config_spec(&git),
+            &normalize_config_spec(&live),
+            "/spec",
+            &config_list_key,
+            &mut out,
+        );
         assert_eq!(out, vec![]);
     }
 
@@ -163,16 +218,35 @@ mod tests {
         let git = json!({"resourceMapping": [{"deviceIndex": 2, "resourceName": "a/b"}, {"deviceIndex": 3, "resourceName": "a/c"}]});
         let live = json!({"resourceMapping": [{"deviceIndex": 4, "resourceName": "a/d"}, {"deviceIndex": 2, "resourceName": "a/z"}]});
         let mut out = Vec::new();
-        diff_values(&normalize_config_spec(&git), &normalize_config_spec(&live), "/spec", &config_list_key, &mut out);
+        diff_values(
+            &normalize_config_spec(&git),
+            &normalize_config_spec(&live),
+            "/spec",
+            &config_list_key,
+            &mut out,
+        );
         let pointers: Vec<_> = out.iter().map(|d| d.pointer.as_str()).collect();
-        assert_eq!(pointers, vec!["/spec/resourceMapping/0/resourceName", "/spec/resourceMapping/1", "/spec/resourceMapping/2"]);
+        assert_eq!(
+            pointers,
+            vec![
+                "/spec/resourceMapping/0/resourceName",
+                "/spec/resourceMapping/1",
+                "/spec/resourceMapping/2"
+            ]
+        );
         assert_eq!(out[1].live, None);
         assert_eq!(out[2].git, None);
     }
 
     #[test]
     fn pointer_tokens_round_trip() {
-        assert_eq!(escape_token("app.kubernetes.io/name"), "app.kubernetes.io~1name");
-        assert_eq!(pointer_tokens("/metadata/labels/a~1b~0c"), vec!["metadata", "labels", "a/b~c"]);
+        assert_eq!(
+            escape_token("app.kubernetes.io/name"),
+            "app.kubernetes.io~1name"
+        );
+        assert_eq!(
+            pointer_tokens("/metadata/labels/a~1b~0c"),
+            vec!["metadata", "labels", "a/b~c"]
+        );
     }
 }

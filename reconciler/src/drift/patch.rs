@@ -19,7 +19,7 @@ use super::engine::compare_config;
 use super::model::{Finding, FindingKind, GitDocument, GitSource, Layer, LiveView};
 use super::normalize::pointer_tokens;
 use super::yaml_render::{Style, block_lines, entry_lines, item_lines, render_scalar};
-use crate::manifest::position::{Node, NodeKind, PositionIndex, Pos, index_file, parent_pointer};
+use crate::manifest::position::{Node, NodeKind, Pos, PositionIndex, index_file, parent_pointer};
 
 /// One file the patch touches. `None` means the file does not exist on that side.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,27 +31,57 @@ pub struct FileChange {
 
 /// The layer-1 findings of `src` (already filtered by ignore rules) as file changes,
 /// sorted by path.
-pub fn file_changes<'a>(src: &GitSource, findings: &[Finding], live: impl Into<LiveView<'a>>) -> Vec<FileChange> {
+pub fn file_changes<'a>(
+    src: &GitSource,
+    findings: &[Finding],
+    live: impl Into<LiveView<'a>>,
+) -> Vec<FileChange> {
     let live = live.into();
     let source = src.key.as_ref().map(ToString::to_string);
-    let ours: Vec<&Finding> = findings.iter().filter(|f| f.layer == Layer::GitCluster && f.source == source).collect();
-    let live_cfg = |name: &str| live.configs.iter().copied().find(|c| c.metadata.name.as_deref() == Some(name));
+    let ours: Vec<&Finding> = findings
+        .iter()
+        .filter(|f| f.layer == Layer::GitCluster && f.source == source)
+        .collect();
+    let live_cfg = |name: &str| {
+        live.configs
+            .iter()
+            .copied()
+            .find(|c| c.metadata.name.as_deref() == Some(name))
+    };
 
     // file → (documents to remove, documents to edit with their diffs)
-    let mut per_file: BTreeMap<&str, (BTreeSet<usize>, BTreeMap<usize, Vec<(String, Value)>>)> = BTreeMap::new();
+    let mut per_file: BTreeMap<&str, (BTreeSet<usize>, BTreeMap<usize, Vec<(String, Value)>>)> =
+        BTreeMap::new();
     let mut changes = Vec::new();
     for f in &ours {
-        let doc_pos = src.documents.iter().position(|d| d.is_dpdk_config() && d.name() == Some(f.object.name.as_str()));
+        let doc_pos = src
+            .documents
+            .iter()
+            .position(|d| d.is_dpdk_config() && d.name() == Some(f.object.name.as_str()));
         match (f.kind, doc_pos) {
             (FindingKind::Missing, Some(i)) => {
-                per_file.entry(src.documents[i].file.as_str()).or_default().0.insert(i);
+                per_file
+                    .entry(src.documents[i].file.as_str())
+                    .or_default()
+                    .0
+                    .insert(i);
             }
             (FindingKind::Modified, Some(i)) => {
-                per_file.entry(src.documents[i].file.as_str()).or_default().1.entry(i).or_default().push((f.field_path.clone(), f.live.clone()));
+                per_file
+                    .entry(src.documents[i].file.as_str())
+                    .or_default()
+                    .1
+                    .entry(i)
+                    .or_default()
+                    .push((f.field_path.clone(), f.live.clone()));
             }
             (FindingKind::Extra, _) => {
                 if let (Some(path), Some(cfg)) = (&f.file, live_cfg(&f.object.name)) {
-                    changes.push(FileChange { path: path.clone(), old: None, new: Some(render_new_object(cfg)) });
+                    changes.push(FileChange {
+                        path: path.clone(),
+                        old: None,
+                        new: Some(render_new_object(cfg)),
+                    });
                 }
             }
             _ => {}
@@ -59,8 +89,15 @@ pub fn file_changes<'a>(src: &GitSource, findings: &[Finding], live: impl Into<L
     }
 
     for (file, (removed, edited)) in per_file {
-        let Some(text) = src.files.get(file) else { continue };
-        let style = Style::detect(src.documents.iter().filter(|d| d.file == file).map(|d| &d.positions));
+        let Some(text) = src.files.get(file) else {
+            continue;
+        };
+        let style = Style::detect(
+            src.documents
+                .iter()
+                .filter(|d| d.file == file)
+                .map(|d| &d.positions),
+        );
         let mut whole: BTreeSet<usize> = BTreeSet::new();
         let mut new_text = String::new();
         // Second round only for documents whose minimal edit failed the check.
@@ -73,7 +110,13 @@ pub fn file_changes<'a>(src: &GitSource, findings: &[Finding], live: impl Into<L
                 }
             }
             for (&i, diffs) in &edited {
-                edits.extend(doc_edits(text, &src.documents[i], diffs, style, whole.contains(&i)));
+                edits.extend(doc_edits(
+                    text,
+                    &src.documents[i],
+                    diffs,
+                    style,
+                    whole.contains(&i),
+                ));
             }
             new_text = apply_edits(text, edits);
             let failed: Vec<usize> = edited
@@ -83,7 +126,9 @@ pub fn file_changes<'a>(src: &GitSource, findings: &[Finding], live: impl Into<L
                 .filter(|&i| {
                     let doc = &src.documents[i];
                     let name = doc.name().unwrap_or_default();
-                    let Some(cfg) = live_cfg(name) else { return false };
+                    let Some(cfg) = live_cfg(name) else {
+                        return false;
+                    };
                     !reparsed_matches(file, &new_text, name, cfg)
                 })
                 .collect();
@@ -92,7 +137,10 @@ pub fn file_changes<'a>(src: &GitSource, findings: &[Finding], live: impl Into<L
             }
             whole.extend(failed);
         }
-        let remaining = index_file(&new_text).iter().filter(|d| !d.raw.is_blank()).count();
+        let remaining = index_file(&new_text)
+            .iter()
+            .filter(|d| !d.raw.is_blank())
+            .count();
         changes.push(FileChange {
             path: file.to_string(),
             old: Some(text.clone()),
@@ -106,7 +154,10 @@ pub fn file_changes<'a>(src: &GitSource, findings: &[Finding], live: impl Into<L
 /// True when the document named `name` in `text` shows no difference to `cfg`.
 fn reparsed_matches(file: &str, text: &str, name: &str, cfg: &DPDKConfig) -> bool {
     let docs = GitDocument::from_text(file, text);
-    match docs.iter().find(|d| d.is_dpdk_config() && d.name() == Some(name)) {
+    match docs
+        .iter()
+        .find(|d| d.is_dpdk_config() && d.name() == Some(name))
+    {
         Some(doc) => compare_config(doc, cfg).is_empty(),
         None => false,
     }
@@ -116,14 +167,19 @@ fn reparsed_matches(file: &str, text: &str, name: &str, cfg: &DPDKConfig) -> boo
 /// committed, without the server's and our own bookkeeping.
 pub fn render_new_object(cfg: &DPDKConfig) -> String {
     let mut meta = Map::new();
-    meta.insert("name".into(), Value::String(cfg.metadata.name.clone().unwrap_or_default()));
+    meta.insert(
+        "name".into(),
+        Value::String(cfg.metadata.name.clone().unwrap_or_default()),
+    );
     let labels: Map<String, Value> = cfg
         .metadata
         .labels
         .iter()
         .flatten()
         .filter(|(k, v)| {
-            k.as_str() != labels::SOURCE_LABEL && !(k.as_str() == labels::MANAGED_BY_LABEL && v.as_str() == labels::MANAGED_BY_VALUE)
+            k.as_str() != labels::SOURCE_LABEL
+                && !(k.as_str() == labels::MANAGED_BY_LABEL
+                    && v.as_str() == labels::MANAGED_BY_VALUE)
         })
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
@@ -136,7 +192,12 @@ pub fn render_new_object(cfg: &DPDKConfig) -> String {
         .iter()
         .flatten()
         .filter(|(k, _)| {
-            ![labels::REVISION_ANNOTATION, labels::ORIGIN_ANNOTATION, "kubectl.kubernetes.io/last-applied-configuration"].contains(&k.as_str())
+            ![
+                labels::REVISION_ANNOTATION,
+                labels::ORIGIN_ANNOTATION,
+                "kubectl.kubernetes.io/last-applied-configuration",
+            ]
+            .contains(&k.as_str())
         })
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
@@ -144,10 +205,20 @@ pub fn render_new_object(cfg: &DPDKConfig) -> String {
         meta.insert("annotations".into(), Value::Object(annotations));
     }
     let mut obj = Map::new();
-    obj.insert("apiVersion".into(), Value::String(format!("{}/{}", dpdk_bridge::api::GROUP, dpdk_bridge::api::VERSION)));
+    obj.insert(
+        "apiVersion".into(),
+        Value::String(format!(
+            "{}/{}",
+            dpdk_bridge::api::GROUP,
+            dpdk_bridge::api::VERSION
+        )),
+    );
     obj.insert("kind".into(), Value::String("DPDKConfig".into()));
     obj.insert("metadata".into(), Value::Object(meta));
-    obj.insert("spec".into(), serde_json::to_value(&cfg.spec).unwrap_or(Value::Null));
+    obj.insert(
+        "spec".into(),
+        serde_json::to_value(&cfg.spec).unwrap_or(Value::Null),
+    );
     let mut lines = Vec::new();
     block_lines(&Value::Object(obj), 0, 0, Style::default(), &mut lines);
     let mut out = lines.join("\n");
@@ -177,7 +248,13 @@ pub fn render_patch(changes: &[FileChange]) -> String {
             _ => (format!("a/{}", c.path), format!("b/{}", c.path)),
         };
         let diff = TextDiff::from_lines(old, new);
-        out.push_str(&diff.unified_diff().context_radius(3).header(&a, &b).to_string());
+        out.push_str(
+            &diff
+                .unified_diff()
+                .context_radius(3)
+                .header(&a, &b)
+                .to_string(),
+        );
     }
     out
 }
@@ -202,15 +279,23 @@ fn line_starts(text: &str) -> Vec<usize> {
 
 fn offset(text: &str, p: Pos) -> usize {
     let starts = line_starts(text);
-    starts.get(p.line.saturating_sub(1)).map_or(text.len(), |s| (s + p.byte).min(text.len()))
+    starts
+        .get(p.line.saturating_sub(1))
+        .map_or(text.len(), |s| (s + p.byte).min(text.len()))
 }
 
 /// Offset of the end of line `n` (before its `\r\n` or `\n`).
 fn line_end(text: &str, n: usize) -> usize {
     let starts = line_starts(text);
-    let Some(&s) = starts.get(n.saturating_sub(1)) else { return text.len() };
+    let Some(&s) = starts.get(n.saturating_sub(1)) else {
+        return text.len();
+    };
     let e = text[s..].find('\n').map_or(text.len(), |i| s + i);
-    if e > s && text.as_bytes()[e - 1] == b'\r' { e - 1 } else { e }
+    if e > s && text.as_bytes()[e - 1] == b'\r' {
+        e - 1
+    } else {
+        e
+    }
 }
 
 fn eol(text: &str) -> &'static str {
@@ -220,11 +305,26 @@ fn eol(text: &str) -> &'static str {
 /// Deletes lines `a..=b` (1-based) with their line breaks.
 fn remove_lines(text: &str, a: usize, b: usize) -> Edit {
     let starts = line_starts(text);
-    let start = starts.get(a.saturating_sub(1)).copied().unwrap_or(text.len());
+    let start = starts
+        .get(a.saturating_sub(1))
+        .copied()
+        .unwrap_or(text.len());
     match starts.get(b) {
-        Some(&next) => Edit { start, end: next, with: String::new() },
-        None if a > 1 => Edit { start: line_end(text, a - 1), end: text.len(), with: String::new() },
-        None => Edit { start: 0, end: text.len(), with: String::new() },
+        Some(&next) => Edit {
+            start,
+            end: next,
+            with: String::new(),
+        },
+        None if a > 1 => Edit {
+            start: line_end(text, a - 1),
+            end: text.len(),
+            with: String::new(),
+        },
+        None => Edit {
+            start: 0,
+            end: text.len(),
+            with: String::new(),
+        },
     }
 }
 
@@ -240,7 +340,11 @@ fn insert_after_line(text: &str, n: usize, lines: &[String]) -> Edit {
                 with.push_str(l);
                 with.push_str(nl);
             }
-            Edit { start: at, end: at, with }
+            Edit {
+                start: at,
+                end: at,
+                with,
+            }
         }
         None => {
             let mut with = String::new();
@@ -248,7 +352,11 @@ fn insert_after_line(text: &str, n: usize, lines: &[String]) -> Edit {
                 with.push_str(nl);
                 with.push_str(l);
             }
-            Edit { start: text.len(), end: text.len(), with }
+            Edit {
+                start: text.len(),
+                end: text.len(),
+                with,
+            }
         }
     }
 }
@@ -294,7 +402,9 @@ impl Op {
 }
 
 fn is_under(p: &str, ancestor: &str) -> bool {
-    ancestor.is_empty() || p == ancestor || (p.starts_with(ancestor) && p.as_bytes().get(ancestor.len()) == Some(&b'/'))
+    ancestor.is_empty()
+        || p == ancestor
+        || (p.starts_with(ancestor) && p.as_bytes().get(ancestor.len()) == Some(&b'/'))
 }
 
 fn is_block_value(v: &Value) -> bool {
@@ -303,11 +413,23 @@ fn is_block_value(v: &Value) -> bool {
 
 /// The text edits that turn document `doc` into the live object, given its differing
 /// fields (`pointer`, live value; null = absent live). `whole` rewrites the document.
-fn doc_edits(text: &str, doc: &GitDocument, diffs: &[(String, Value)], style: Style, whole: bool) -> Vec<Edit> {
+fn doc_edits(
+    text: &str,
+    doc: &GitDocument,
+    diffs: &[(String, Value)],
+    style: Style,
+    whole: bool,
+) -> Vec<Edit> {
     let mut diffs = diffs.to_vec();
     // Git may spell both writeCombining and the seed's writeCombing; they must agree.
-    if let Some((_, v)) = diffs.iter().find(|(p, _)| p == "/spec/driverOptions/writeCombining").cloned()
-        && doc.value.pointer("/spec/driverOptions/writeCombing").is_some()
+    if let Some((_, v)) = diffs
+        .iter()
+        .find(|(p, _)| p == "/spec/driverOptions/writeCombining")
+        .cloned()
+        && doc
+            .value
+            .pointer("/spec/driverOptions/writeCombing")
+            .is_some()
     {
         diffs.push(("/spec/driverOptions/writeCombing".into(), v));
     }
@@ -326,12 +448,22 @@ fn doc_edits(text: &str, doc: &GitDocument, diffs: &[(String, Value)], style: St
                         Op::Remove(p.clone())
                     }
                 }
-                Some(n) if matches!(n.kind, NodeKind::Scalar(_) | NodeKind::Empty | NodeKind::Alias) && !is_block_value(live) => {
+                Some(n)
+                    if matches!(
+                        n.kind,
+                        NodeKind::Scalar(_) | NodeKind::Empty | NodeKind::Alias
+                    ) && !is_block_value(live) =>
+                {
                     Op::Scalar(p.clone())
                 }
                 Some(_) => Op::Rerender(p.clone()),
                 None => match idx.nearest(p) {
-                    Some(a) if !live.is_null() && matches!(a.kind, NodeKind::Mapping | NodeKind::Sequence) => Op::Insert(a.pointer.clone()),
+                    Some(a)
+                        if !live.is_null()
+                            && matches!(a.kind, NodeKind::Mapping | NodeKind::Sequence) =>
+                    {
+                        Op::Insert(a.pointer.clone())
+                    }
                     Some(a) => Op::Rerender(a.pointer.clone()),
                     None => Op::Rerender(String::new()),
                 },
@@ -342,10 +474,19 @@ fn doc_edits(text: &str, doc: &GitDocument, diffs: &[(String, Value)], style: St
     // under it would read as null).
     for op in &mut ops {
         while let Op::Remove(p) = op {
-            let Some(pp) = parent_pointer(p).filter(|pp| !pp.is_empty()) else { break };
-            let emptied = target.pointer(pp).is_none_or(|v| matches!(v, Value::Object(o) if o.is_empty()) || matches!(v, Value::Array(a) if a.is_empty()));
+            let Some(pp) = parent_pointer(p).filter(|pp| !pp.is_empty()) else {
+                break;
+            };
+            let emptied = target.pointer(pp).is_none_or(|v| {
+                matches!(v, Value::Object(o) if o.is_empty())
+                    || matches!(v, Value::Array(a) if a.is_empty())
+            });
             match idx.get(pp) {
-                Some(parent) if emptied && matches!(parent.kind, NodeKind::Mapping | NodeKind::Sequence) && !key_is_compact(text, parent) => {
+                Some(parent)
+                    if emptied
+                        && matches!(parent.kind, NodeKind::Mapping | NodeKind::Sequence)
+                        && !key_is_compact(text, parent) =>
+                {
                     *op = Op::Remove(pp.to_string());
                 }
                 _ => break,
@@ -354,9 +495,31 @@ fn doc_edits(text: &str, doc: &GitDocument, diffs: &[(String, Value)], style: St
     }
     ops.sort();
     ops.dedup();
-    let removed: Vec<String> = ops.iter().filter_map(|o| if let Op::Remove(p) = o { Some(p.clone()) } else { None }).collect();
-    ops.retain(|o| !removed.iter().any(|r| r != o.pointer() && is_under(o.pointer(), r)));
-    let rerendered: Vec<String> = ops.iter().filter_map(|o| if let Op::Rerender(p) = o { Some(p.clone()) } else { None }).collect();
+    let removed: Vec<String> = ops
+        .iter()
+        .filter_map(|o| {
+            if let Op::Remove(p) = o {
+                Some(p.clone())
+            } else {
+                None
+            }
+        })
+        .collect();
+    ops.retain(|o| {
+        !removed
+            .iter()
+            .any(|r| r != o.pointer() && is_under(o.pointer(), r))
+    });
+    let rerendered: Vec<String> = ops
+        .iter()
+        .filter_map(|o| {
+            if let Op::Rerender(p) = o {
+                Some(p.clone())
+            } else {
+                None
+            }
+        })
+        .collect();
     ops.retain(|o| match o {
         Op::Rerender(p) => !rerendered.iter().any(|r| r != p && is_under(p, r)),
         other => !rerendered.iter().any(|r| is_under(other.pointer(), r)),
@@ -364,7 +527,9 @@ fn doc_edits(text: &str, doc: &GitDocument, diffs: &[(String, Value)], style: St
 
     let mut edits = Vec::new();
     for op in ops {
-        let Some(n) = idx.get(op.pointer()) else { continue };
+        let Some(n) = idx.get(op.pointer()) else {
+            continue;
+        };
         let value = target.pointer(op.pointer());
         match (op, value) {
             (Op::Scalar(_), Some(v)) => {
@@ -375,22 +540,40 @@ fn doc_edits(text: &str, doc: &GitDocument, diffs: &[(String, Value)], style: St
                 let rendered = render_scalar(v, style);
                 if n.kind == NodeKind::Empty {
                     let at = offset(text, n.value.start);
-                    edits.push(Edit { start: at, end: at, with: format!(" {rendered}") });
+                    edits.push(Edit {
+                        start: at,
+                        end: at,
+                        with: format!(" {rendered}"),
+                    });
                 } else {
-                    edits.push(Edit { start: offset(text, n.value.start), end: offset(text, n.value.end), with: rendered });
+                    edits.push(Edit {
+                        start: offset(text, n.value.start),
+                        end: offset(text, n.value.end),
+                        with: rendered,
+                    });
                 }
             }
-            (Op::Remove(_), _) | (Op::Rerender(_), None) => edits.push(remove_lines(text, n.first_line, n.last_line)),
+            (Op::Remove(_), _) | (Op::Rerender(_), None) => {
+                edits.push(remove_lines(text, n.first_line, n.last_line))
+            }
             (Op::Insert(p), Some(v)) => {
                 let children: Vec<&Node> = idx.children(&p).collect();
                 let child_indent = children.first().map_or(n.indent + style.unit, |c| c.indent);
                 let mut lines = Vec::new();
                 match (n.kind, v) {
                     (NodeKind::Mapping, Value::Object(o)) => {
-                        let have: BTreeSet<String> =
-                            children.iter().filter_map(|c| pointer_tokens(&c.pointer).pop()).collect();
+                        let have: BTreeSet<String> = children
+                            .iter()
+                            .filter_map(|c| pointer_tokens(&c.pointer).pop())
+                            .collect();
                         for (k, cv) in o.iter().filter(|(k, _)| !have.contains(k.as_str())) {
-                            entry_lines(&super::yaml_render::render_key(k), cv, child_indent, style, &mut lines);
+                            entry_lines(
+                                &super::yaml_render::render_key(k),
+                                cv,
+                                child_indent,
+                                style,
+                                &mut lines,
+                            );
                         }
                     }
                     (NodeKind::Sequence, Value::Array(_)) => {
@@ -398,8 +581,12 @@ fn doc_edits(text: &str, doc: &GitDocument, diffs: &[(String, Value)], style: St
                         // shift the target's indices.
                         let mut appended: Vec<(usize, &Value)> = diffs
                             .iter()
-                            .filter(|(dp, dv)| !dv.is_null() && parent_pointer(dp) == Some(p.as_str()))
-                            .filter_map(|(dp, dv)| Some((pointer_tokens(dp).pop()?.parse::<usize>().ok()?, dv)))
+                            .filter(|(dp, dv)| {
+                                !dv.is_null() && parent_pointer(dp) == Some(p.as_str())
+                            })
+                            .filter_map(|(dp, dv)| {
+                                Some((pointer_tokens(dp).pop()?.parse::<usize>().ok()?, dv))
+                            })
                             .filter(|(i, _)| *i >= children.len())
                             .collect();
                         appended.sort_by_key(|(i, _)| *i);
@@ -425,7 +612,14 @@ fn doc_edits(text: &str, doc: &GitDocument, diffs: &[(String, Value)], style: St
 /// its lines would take the dash with it.
 fn key_is_compact(text: &str, n: &Node) -> bool {
     let Some(k) = n.key else { return false };
-    let start = offset(text, Pos { line: k.start.line, col: 1, byte: 0 });
+    let start = offset(
+        text,
+        Pos {
+            line: k.start.line,
+            col: 1,
+            byte: 0,
+        },
+    );
     let key_at = offset(text, k.start);
     !text[start..key_at].trim().is_empty()
 }
@@ -433,9 +627,18 @@ fn key_is_compact(text: &str, n: &Node) -> bool {
 /// Rewrites node `n`'s entry (key and value) as `v`.
 fn rerender(text: &str, idx: &PositionIndex, n: &Node, v: &Value, style: Style) -> Edit {
     let nl = eol(text);
-    let single_line = matches!(n.kind, NodeKind::Scalar(_) | NodeKind::Flow | NodeKind::Alias) && n.value.start.line == n.value.end.line;
-    let end = if single_line { offset(text, n.value.end) } else { line_end(text, n.last_line) };
-    let parent_is_seq = parent_pointer(&n.pointer).and_then(|pp| idx.get(pp)).is_some_and(|p| p.kind == NodeKind::Sequence);
+    let single_line = matches!(
+        n.kind,
+        NodeKind::Scalar(_) | NodeKind::Flow | NodeKind::Alias
+    ) && n.value.start.line == n.value.end.line;
+    let end = if single_line {
+        offset(text, n.value.end)
+    } else {
+        line_end(text, n.last_line)
+    };
+    let parent_is_seq = parent_pointer(&n.pointer)
+        .and_then(|pp| idx.get(pp))
+        .is_some_and(|p| p.kind == NodeKind::Sequence);
     let mut lines = Vec::new();
     let start = match n.key {
         None => {
@@ -443,7 +646,11 @@ fn rerender(text: &str, idx: &PositionIndex, n: &Node, v: &Value, style: Style) 
             if is_block_value(v) {
                 block_lines(v, n.indent, n.indent, style, &mut lines);
             } else {
-                lines.push(format!("{}{}", " ".repeat(n.indent), render_scalar(v, None)));
+                lines.push(format!(
+                    "{}{}",
+                    " ".repeat(n.indent),
+                    render_scalar(v, None)
+                ));
             }
             offset(text, n.value.start)
         }
@@ -454,7 +661,11 @@ fn rerender(text: &str, idx: &PositionIndex, n: &Node, v: &Value, style: Style) 
         Some(k) => {
             let key_text = &text[offset(text, k.start)..offset(text, k.end)];
             if n.kind == NodeKind::Flow {
-                lines.push(format!("{}{key_text}: {}", " ".repeat(n.indent), super::yaml_render::render_flow(v)));
+                lines.push(format!(
+                    "{}{key_text}: {}",
+                    " ".repeat(n.indent),
+                    super::yaml_render::render_flow(v)
+                ));
             } else {
                 entry_lines(key_text, v, n.indent, style, &mut lines);
             }
@@ -466,14 +677,24 @@ fn rerender(text: &str, idx: &PositionIndex, n: &Node, v: &Value, style: Style) 
     if let Some(first) = lines.first_mut() {
         *first = first.trim_start().to_string();
     }
-    Edit { start, end, with: lines.join(nl) }
+    Edit {
+        start,
+        end,
+        with: lines.join(nl),
+    }
 }
 
 /// The Git document with every live value set (null: removed), for rewriting nodes.
 fn apply_diffs(doc: &Value, diffs: &[(String, Value)]) -> Value {
     let mut target = doc.clone();
     let sort_key = |p: &str| -> Vec<(u8, usize, String)> {
-        pointer_tokens(p).into_iter().map(|t| t.parse::<usize>().map_or((1, 0, t.clone()), |n| (0, n, String::new()))).collect()
+        pointer_tokens(p)
+            .into_iter()
+            .map(|t| {
+                t.parse::<usize>()
+                    .map_or((1, 0, t.clone()), |n| (0, n, String::new()))
+            })
+            .collect()
     };
     let mut sets: Vec<&(String, Value)> = diffs.iter().filter(|(_, v)| !v.is_null()).collect();
     sets.sort_by_key(|(p, _)| sort_key(p));
@@ -495,16 +716,28 @@ fn set_pointer(root: &mut Value, tokens: &[String], v: Value) {
     };
     let mut cur = root;
     for (i, t) in parents.iter().enumerate() {
-        let next_is_index = tokens.get(i + 1).is_some_and(|n| n.parse::<usize>().is_ok());
+        let next_is_index = tokens
+            .get(i + 1)
+            .is_some_and(|n| n.parse::<usize>().is_ok());
         if !(cur.is_object() || cur.is_array()) {
             *cur = Value::Object(Map::new());
         }
         cur = match cur {
-            Value::Object(o) => o.entry(t.clone()).or_insert_with(|| if next_is_index { Value::Array(Vec::new()) } else { Value::Object(Map::new()) }),
+            Value::Object(o) => o.entry(t.clone()).or_insert_with(|| {
+                if next_is_index {
+                    Value::Array(Vec::new())
+                } else {
+                    Value::Object(Map::new())
+                }
+            }),
             Value::Array(a) => match t.parse::<usize>() {
                 Ok(n) if n < a.len() => &mut a[n],
                 Ok(_) => {
-                    a.push(if next_is_index { Value::Array(Vec::new()) } else { Value::Object(Map::new()) });
+                    a.push(if next_is_index {
+                        Value::Array(Vec::new())
+                    } else {
+                        Value::Object(Map::new())
+                    });
                     let last = a.len() - 1;
                     &mut a[last]
                 }
@@ -513,11 +746,19 @@ fn set_pointer(root: &mut Value, tokens: &[String], v: Value) {
             _ => return,
         };
         if cur.is_null() {
-            *cur = if next_is_index { Value::Array(Vec::new()) } else { Value::Object(Map::new()) };
+            *cur = if next_is_index {
+                Value::Array(Vec::new())
+            } else {
+                Value::Object(Map::new())
+            };
         }
     }
     if cur.is_null() {
-        *cur = if last.parse::<usize>().is_ok() { Value::Array(Vec::new()) } else { Value::Object(Map::new()) };
+        *cur = if last.parse::<usize>().is_ok() {
+            Value::Array(Vec::new())
+        } else {
+            Value::Object(Map::new())
+        };
     }
     match cur {
         Value::Object(o) => {
@@ -533,7 +774,9 @@ fn set_pointer(root: &mut Value, tokens: &[String], v: Value) {
 }
 
 fn remove_pointer(root: &mut Value, tokens: &[String]) {
-    let Some((last, parents)) = tokens.split_last() else { return };
+    let Some((last, parents)) = tokens.split_last() else {
+        return;
+    };
     let mut cur = root;
     for t in parents {
         cur = match cur {

@@ -23,10 +23,10 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::engine::compute;
-use crate::controller::cache::{self, Caches, Subscribers};
 use super::model::{DriftReport, GitSource, Layer, LiveView, SourceKey};
 use super::patch::{file_changes, render_patch};
 use super::render::{render_diff_with, render_json, render_source_patch_with};
+use crate::controller::cache::{self, Caches, Subscribers};
 
 /// Where the Git side of the comparison comes from: the latest good documents of each
 /// source, and a signal when they change.
@@ -44,7 +44,10 @@ pub struct StaticGit {
 
 impl StaticGit {
     pub fn new(sources: Vec<GitSource>) -> Self {
-        StaticGit { sources: Arc::new(RwLock::new(sources)), version: Arc::new(watch::channel(0).0) }
+        StaticGit {
+            sources: Arc::new(RwLock::new(sources)),
+            version: Arc::new(watch::channel(0).0),
+        }
     }
 
     /// Replaces the sources and signals a change.
@@ -80,7 +83,11 @@ pub struct DriftOptions {
 
 impl Default for DriftOptions {
     fn default() -> Self {
-        DriftOptions { name_prefix: None, sources: None, debounce: Duration::from_millis(100) }
+        DriftOptions {
+            name_prefix: None,
+            sources: None,
+            debounce: Duration::from_millis(100),
+        }
     }
 }
 
@@ -114,38 +121,70 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Computes drift for these inputs.
-    pub fn build<'a>(sources: &[GitSource], live: impl Into<LiveView<'a>>, now: Timestamp, previous: Option<&DriftReport>) -> Snapshot {
+    pub fn build<'a>(
+        sources: &[GitSource],
+        live: impl Into<LiveView<'a>>,
+        now: Timestamp,
+        previous: Option<&DriftReport>,
+    ) -> Snapshot {
         let live = live.into();
         let mut report = compute(sources, live.clone(), now, previous);
         report.findings.shrink_to_fit();
         // Each source's file changes are made once, for the diff and the patch.
-        let bodies = sources.iter().map(|s| render_patch(&file_changes(s, &report.findings, live.clone()))).collect();
+        let bodies = sources
+            .iter()
+            .map(|s| render_patch(&file_changes(s, &report.findings, live.clone())))
+            .collect();
         let patches = sources.iter().map(|_| OnceLock::new()).collect();
-        Snapshot { report, sources: sources.to_vec(), bodies, json: OnceLock::new(), diff: OnceLock::new(), patches }
+        Snapshot {
+            report,
+            sources: sources.to_vec(),
+            bodies,
+            json: OnceLock::new(),
+            diff: OnceLock::new(),
+            patches,
+        }
     }
 
     /// The report as JSON (`/drift`).
     pub fn json(&self) -> Bytes {
-        self.json.get_or_init(|| Bytes::from(render_json(&self.report))).clone()
+        self.json
+            .get_or_init(|| Bytes::from(render_json(&self.report)))
+            .clone()
     }
 
     /// The unified diff of all layers (`/drift.diff`).
     pub fn diff(&self) -> Bytes {
-        self.diff.get_or_init(|| Bytes::from(render_diff_with(&self.report, &self.sources, &self.bodies))).clone()
+        self.diff
+            .get_or_init(|| {
+                Bytes::from(render_diff_with(&self.report, &self.sources, &self.bodies))
+            })
+            .clone()
     }
 
     /// The keys (`ns/name`) of the sources that have a patch.
     pub fn patch_sources(&self) -> Vec<String> {
-        self.sources.iter().filter_map(|s| s.key.as_ref().map(ToString::to_string)).collect()
+        self.sources
+            .iter()
+            .filter_map(|s| s.key.as_ref().map(ToString::to_string))
+            .collect()
     }
 
     /// One source's layer-1 patch (`/drift.patch?source=`); its text is empty when the
     /// source has no layer-1 drift.
     pub fn patch(&self, source: &str) -> Option<SourcePatch> {
-        let i = self.sources.iter().position(|s| s.key.as_ref().is_some_and(|k| k.to_string() == source))?;
+        let i = self
+            .sources
+            .iter()
+            .position(|s| s.key.as_ref().is_some_and(|k| k.to_string() == source))?;
         let s = &self.sources[i];
-        let text = self.patches[i].get_or_init(|| Bytes::from(render_source_patch_with(&self.report, s, &self.bodies[i]))).clone();
-        Some(SourcePatch { revision: s.revision.clone(), text })
+        let text = self.patches[i]
+            .get_or_init(|| Bytes::from(render_source_patch_with(&self.report, s, &self.bodies[i])))
+            .clone();
+        Some(SourcePatch {
+            revision: s.revision.clone(),
+            text,
+        })
     }
 }
 
@@ -181,9 +220,21 @@ impl DriftMetrics {
     /// `dpdk_drift_last_computed_timestamp_seconds`.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("dpdk_drift");
-        r.register("findings", "Drift findings in the latest report, by layer and kind", self.findings.clone());
-        r.register("compute_duration_seconds", "Time to compute and render one drift report", self.compute_duration.clone());
-        r.register("last_computed_timestamp_seconds", "Unix time of the latest drift report", self.last_computed.clone());
+        r.register(
+            "findings",
+            "Drift findings in the latest report, by layer and kind",
+            self.findings.clone(),
+        );
+        r.register(
+            "compute_duration_seconds",
+            "Time to compute and render one drift report",
+            self.compute_duration.clone(),
+        );
+        r.register(
+            "last_computed_timestamp_seconds",
+            "Unix time of the latest drift report",
+            self.last_computed.clone(),
+        );
     }
 
     fn observe(&self, report: &DriftReport, took: Duration, now: Timestamp) {
@@ -192,8 +243,17 @@ impl DriftMetrics {
         self.findings.clear();
         for layer in Layer::ALL {
             for kind in layer.kinds() {
-                let n = report.findings.iter().filter(|f| f.layer == layer && f.kind == *kind).count();
-                self.findings.get_or_create(&FindingLabels { layer: layer.as_str().into(), kind: kind.as_str().into() }).set(n as i64);
+                let n = report
+                    .findings
+                    .iter()
+                    .filter(|f| f.layer == layer && f.kind == *kind)
+                    .count();
+                self.findings
+                    .get_or_create(&FindingLabels {
+                        layer: layer.as_str().into(),
+                        kind: kind.as_str().into(),
+                    })
+                    .set(n as i64);
             }
         }
         self.compute_duration.observe(took.as_secs_f64());
@@ -211,7 +271,11 @@ pub struct DriftState {
 
 impl Default for DriftState {
     fn default() -> Self {
-        DriftState { latest: Arc::default(), version: Arc::new(watch::channel(0).0), metrics: DriftMetrics::default() }
+        DriftState {
+            latest: Arc::default(),
+            version: Arc::new(watch::channel(0).0),
+            metrics: DriftMetrics::default(),
+        }
     }
 }
 
@@ -249,7 +313,12 @@ struct CachedObjects {
 
 impl CachedObjects {
     fn read(c: &Caches) -> Self {
-        CachedObjects { configs: c.configs.state(), nodes: c.nodes.state(), node_enis: c.node_enis.state(), node_states: c.node_states.state() }
+        CachedObjects {
+            configs: c.configs.state(),
+            nodes: c.nodes.state(),
+            node_enis: c.node_enis.state(),
+            node_states: c.node_states.state(),
+        }
     }
 
     /// The objects in scope, as the engine reads them.
@@ -259,10 +328,30 @@ impl CachedObjects {
             None => true,
         };
         LiveView {
-            configs: self.configs.iter().map(|o| o.as_ref()).filter(|o| keep(o.metadata.name.as_ref())).collect(),
-            node_enis: self.node_enis.iter().map(|o| o.as_ref()).filter(|o| keep(o.metadata.name.as_ref())).collect(),
-            node_states: self.node_states.iter().map(|o| o.as_ref()).filter(|o| keep(o.metadata.name.as_ref())).collect(),
-            nodes: self.nodes.iter().map(|o| &o.metadata).filter(|m| keep(m.name.as_ref())).collect(),
+            configs: self
+                .configs
+                .iter()
+                .map(|o| o.as_ref())
+                .filter(|o| keep(o.metadata.name.as_ref()))
+                .collect(),
+            node_enis: self
+                .node_enis
+                .iter()
+                .map(|o| o.as_ref())
+                .filter(|o| keep(o.metadata.name.as_ref()))
+                .collect(),
+            node_states: self
+                .node_states
+                .iter()
+                .map(|o| o.as_ref())
+                .filter(|o| keep(o.metadata.name.as_ref()))
+                .collect(),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|o| &o.metadata)
+                .filter(|m| keep(m.name.as_ref()))
+                .collect(),
             complete: opts.name_prefix.is_none(),
         }
     }
@@ -289,16 +378,32 @@ fn git_sources(git: &dyn GitProvider, opts: &DriftOptions) -> Vec<GitSource> {
 
 /// Recomputes drift on every change until `stop`, on watches of its own. Returns when
 /// stopped.
-pub async fn run(client: Client, git: Arc<dyn GitProvider>, opts: DriftOptions, state: DriftState, stop: CancellationToken) {
+pub async fn run(
+    client: Client,
+    git: Arc<dyn GitProvider>,
+    opts: DriftOptions,
+    state: DriftState,
+    stop: CancellationToken,
+) {
     let changed = Arc::new(Notify::new());
-    let subs = Subscribers { triggers: vec![changed.clone()], ..Default::default() };
+    let subs = Subscribers {
+        triggers: vec![changed.clone()],
+        ..Default::default()
+    };
     let caches = cache::start(&client, None, subs, stop.clone());
     run_on(caches, changed, git, opts, state, stop).await;
 }
 
 /// Recomputes drift on every change until `stop`, reading caches someone else keeps (the
 /// controller's, in `dpdk-reconciler run`); `changed` is notified on their every change.
-pub async fn run_on(caches: Caches, changed: Arc<Notify>, git: Arc<dyn GitProvider>, opts: DriftOptions, state: DriftState, stop: CancellationToken) {
+pub async fn run_on(
+    caches: Caches,
+    changed: Arc<Notify>,
+    git: Arc<dyn GitProvider>,
+    opts: DriftOptions,
+    state: DriftState,
+    stop: CancellationToken,
+) {
     tokio::select! {
         _ = stop.cancelled() => return,
         ok = caches.wait_until_ready() => if !ok { tracing::error!("drift caches stopped before their first list"); return; },
@@ -313,11 +418,20 @@ pub async fn run_on(caches: Caches, changed: Arc<Notify>, git: Arc<dyn GitProvid
         // `since` carries over from the snapshot being served; no second copy of a report
         // (during a rollout a report holds a finding per NodeENI and node).
         let previous = state.latest();
-        let snap = Snapshot::build(&sources, cached.view(&opts), now, previous.as_ref().map(|p| &p.report));
+        let snap = Snapshot::build(
+            &sources,
+            cached.view(&opts),
+            now,
+            previous.as_ref().map(|p| &p.report),
+        );
         // The caches' old versions of objects are not pinned past the recompute.
         drop((previous, cached, sources));
         let took = started.elapsed();
-        tracing::debug!(findings = snap.report.summary.total, took_ms = took.as_millis() as u64, "drift recomputed");
+        tracing::debug!(
+            findings = snap.report.summary.total,
+            took_ms = took.as_millis() as u64,
+            "drift recomputed"
+        );
         state.publish(snap, took, now);
 
         tokio::select! {

@@ -17,7 +17,10 @@ pub struct Style {
 
 impl Default for Style {
     fn default() -> Self {
-        Style { unit: 2, seq_indent: false }
+        Style {
+            unit: 2,
+            seq_indent: false,
+        }
     }
 }
 
@@ -31,7 +34,11 @@ impl Style {
                 if n.key.is_none() || n.pointer.is_empty() {
                     continue;
                 }
-                let parent_is_item = n.pointer.rsplit('/').next().is_some_and(|t| t.parse::<usize>().is_ok());
+                let parent_is_item = n
+                    .pointer
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|t| t.parse::<usize>().is_ok());
                 if parent_is_item {
                     continue;
                 }
@@ -40,7 +47,9 @@ impl Style {
                         if let Some(child) = idx.children(&n.pointer).next() {
                             // A mapping under a sequence item has its own column; use
                             // key → child steps of plain mappings only.
-                            if child.indent > n.indent && n.key.is_some_and(|k| k.start.byte == n.indent) {
+                            if child.indent > n.indent
+                                && n.key.is_some_and(|k| k.start.byte == n.indent)
+                            {
                                 unit = Some(child.indent - n.indent);
                             }
                         }
@@ -67,19 +76,28 @@ impl Style {
 
 /// True when `s` can be written as a plain scalar and reads back as the same string.
 pub fn plain_ok(s: &str) -> bool {
-    let Some(first) = s.chars().next() else { return false };
+    let Some(first) = s.chars().next() else {
+        return false;
+    };
     if s.len() > 1024 || !(first.is_ascii_alphanumeric() || matches!(first, '_' | '/' | '.')) {
         return false;
     }
-    if !s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-' | '@' | '+' | '=')) {
+    if !s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-' | '@' | '+' | '='))
+    {
         return false;
     }
-    const SPECIAL: [&str; 12] = ["true", "false", "yes", "no", "on", "off", "y", "n", "null", "~", ".inf", ".nan"];
+    const SPECIAL: [&str; 12] = [
+        "true", "false", "yes", "no", "on", "off", "y", "n", "null", "~", ".inf", ".nan",
+    ];
     if SPECIAL.iter().any(|w| s.eq_ignore_ascii_case(w)) {
         return false;
     }
     // Anything a YAML 1.1 or 1.2 reader could take for a number, a date or a time.
-    let numeric_chars = s.chars().all(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | '+' | '_' | 'e' | 'E' | ':'));
+    let numeric_chars = s
+        .chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | '+' | '_' | 'e' | 'E' | ':'));
     if (first.is_ascii_digit() || first == '.') && numeric_chars {
         return false;
     }
@@ -92,7 +110,8 @@ pub fn plain_ok(s: &str) -> bool {
 
 /// A double-quoted YAML scalar (JSON string syntax is valid YAML).
 pub fn double_quoted(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
+    serde_json::to_string(s)
+        .unwrap_or_else(|_| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
 }
 
 /// A scalar, in the style the replaced text used where that style can hold the value.
@@ -100,7 +119,9 @@ pub fn render_scalar(v: &Value, style: Option<ScalarStyle>) -> String {
     match v {
         Value::String(s) => match style {
             Some(ScalarStyle::DoubleQuoted) => double_quoted(s),
-            Some(ScalarStyle::SingleQuoted) if !s.contains(['\n', '\r', '\t']) => format!("'{}'", s.replace('\'', "''")),
+            Some(ScalarStyle::SingleQuoted) if !s.contains(['\n', '\r', '\t']) => {
+                format!("'{}'", s.replace('\'', "''"))
+            }
             _ if plain_ok(s) => s.clone(),
             _ => double_quoted(s),
         },
@@ -115,17 +136,27 @@ pub fn render_scalar(v: &Value, style: Option<ScalarStyle>) -> String {
 
 /// A mapping key.
 pub fn render_key(k: &str) -> String {
-    if plain_ok(k) { k.to_string() } else { double_quoted(k) }
+    if plain_ok(k) {
+        k.to_string()
+    } else {
+        double_quoted(k)
+    }
 }
 
 /// A single-line flow rendering (`{a: b, c: [1, 2]}`).
 pub fn render_flow(v: &Value) -> String {
     match v {
         Value::Object(o) => {
-            let items: Vec<String> = o.iter().map(|(k, v)| format!("{}: {}", render_key(k), render_flow(v))).collect();
+            let items: Vec<String> = o
+                .iter()
+                .map(|(k, v)| format!("{}: {}", render_key(k), render_flow(v)))
+                .collect();
             format!("{{{}}}", items.join(", "))
         }
-        Value::Array(a) => format!("[{}]", a.iter().map(render_flow).collect::<Vec<_>>().join(", ")),
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(render_flow).collect::<Vec<_>>().join(", ")
+        ),
         scalar => render_scalar(scalar, None),
     }
 }
@@ -157,7 +188,12 @@ fn ordered_keys(o: &serde_json::Map<String, Value>) -> Vec<&String> {
     const LATE: [&str; 3] = ["enableUnsafeNoIOMMU", "resourceName", "driver"];
     let mut keys: Vec<&String> = o.keys().collect();
     keys.sort_by_key(|k| {
-        ORDER.iter().position(|o| o == k).map(|p| (0, p)).or_else(|| LATE.iter().position(|o| o == k).map(|p| (1, p))).unwrap_or((2, 0))
+        ORDER
+            .iter()
+            .position(|o| o == k)
+            .map(|p| (0, p))
+            .or_else(|| LATE.iter().position(|o| o == k).map(|p| (1, p)))
+            .unwrap_or((2, 0))
     });
     keys
 }
@@ -170,12 +206,28 @@ pub fn entry_lines(key_text: &str, v: &Value, indent: usize, style: Style, out: 
         return;
     }
     out.push(format!("{pad}{key_text}:"));
-    block_lines(v, indent + style.unit, if style.seq_indent { indent + style.unit } else { indent }, style, out);
+    block_lines(
+        v,
+        indent + style.unit,
+        if style.seq_indent {
+            indent + style.unit
+        } else {
+            indent
+        },
+        style,
+        out,
+    );
 }
 
 /// The lines of a non-empty block collection: mapping keys at `map_indent`, sequence
 /// dashes at `seq_indent`.
-pub fn block_lines(v: &Value, map_indent: usize, seq_indent: usize, style: Style, out: &mut Vec<String>) {
+pub fn block_lines(
+    v: &Value,
+    map_indent: usize,
+    seq_indent: usize,
+    style: Style,
+    out: &mut Vec<String>,
+) {
     match v {
         Value::Object(o) => {
             for k in ordered_keys(o) {
@@ -187,7 +239,11 @@ pub fn block_lines(v: &Value, map_indent: usize, seq_indent: usize, style: Style
                 item_lines(item, seq_indent, style, out);
             }
         }
-        scalar => out.push(format!("{}{}", " ".repeat(map_indent), render_scalar(scalar, None))),
+        scalar => out.push(format!(
+            "{}{}",
+            " ".repeat(map_indent),
+            render_scalar(scalar, None)
+        )),
     }
 }
 
@@ -217,31 +273,99 @@ mod tests {
 
     #[test]
     fn plain_scalars_only_when_they_read_back_as_strings() {
-        for s in ["vfio-pci", "intel.com/intel_sriov_netdevice_2", "multi-eni", "igb_uio"] {
+        for s in [
+            "vfio-pci",
+            "intel.com/intel_sriov_netdevice_2",
+            "multi-eni",
+            "igb_uio",
+        ] {
             assert!(plain_ok(s), "{s}");
         }
-        for s in ["", "true", "No", "1", "10.0.0.1", "0x1f", "1e3", "a b", "a: b", "#x", "-1", "2024-01-01", "~"] {
+        for s in [
+            "",
+            "true",
+            "No",
+            "1",
+            "10.0.0.1",
+            "0x1f",
+            "1e3",
+            "a b",
+            "a: b",
+            "#x",
+            "-1",
+            "2024-01-01",
+            "~",
+        ] {
             assert!(!plain_ok(s), "{s}");
         }
     }
 
     #[test]
     fn scalars_keep_the_quoting_they_replace() {
-        assert_eq!(render_scalar(&json!("a/b"), Some(ScalarStyle::DoubleQuoted)), "\"a/b\"");
-        assert_eq!(render_scalar(&json!("it's"), Some(ScalarStyle::SingleQuoted)), "'it''s'");
-        assert_eq!(render_scalar(&json!("a/b"), Some(ScalarStyle::Plain)), "a/b");
-        assert_eq!(render_scalar(&json!("yes"), Some(ScalarStyle::Plain)), "\"yes\"");
-        assert_eq!(render_scalar(&json!(false), Some(ScalarStyle::DoubleQuoted)), "false");
+        assert_eq!(
+            render_scalar(&json!("a/b"), Some(ScalarStyle::DoubleQuoted)),
+            "\"a/b\""
+        );
+        assert_eq!(
+            render_scalar(&json!("it's"), Some(ScalarStyle::SingleQuoted)),
+            "'it''s'"
+        );
+        assert_eq!(
+            render_scalar(&json!("a/b"), Some(ScalarStyle::Plain)),
+            "a/b"
+        );
+        assert_eq!(
+            render_scalar(&json!("yes"), Some(ScalarStyle::Plain)),
+            "\"yes\""
+        );
+        assert_eq!(
+            render_scalar(&json!(false), Some(ScalarStyle::DoubleQuoted)),
+            "false"
+        );
     }
 
     #[test]
     fn items_are_compact_and_follow_the_sequence_style() {
         let mut out = Vec::new();
         let v = json!({"resourceMapping": [{"deviceIndex": 3, "resourceName": "a/b", "driver": "igb_uio"}]});
-        block_lines(&v, 2, 2, Style { unit: 2, seq_indent: true }, &mut out);
-        assert_eq!(out, vec!["  resourceMapping:", "    - deviceIndex: 3", "      resourceName: a/b", "      driver: igb_uio"]);
+        block_lines(
+            &v,
+            2,
+            2,
+            Style {
+                unit: 2,
+                seq_indent: true,
+            },
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            vec![
+                "  resourceMapping:",
+                "    - deviceIndex: 3",
+                "      resourceName: a/b",
+                "      driver: igb_uio"
+            ]
+        );
         out.clear();
-        block_lines(&v, 2, 2, Style { unit: 2, seq_indent: false }, &mut out);
-        assert_eq!(out, vec!["  resourceMapping:", "  - deviceIndex: 3", "    resourceName: a/b", "    driver: igb_uio"]);
+        block_lines(
+            &v,
+            2,
+            2,
+            Style {
+                unit: 2,
+                seq_indent: false,
+            },
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            vec![
+                "  resourceMapping:",
+                "  - deviceIndex: 3",
+                "    resourceName: a/b",
+                "    driver: igb_uio"
+            ]
+        );
     }
 }

@@ -109,7 +109,10 @@ pub fn apply_body(o: &ManifestObject, source_label: &str, revision: &str) -> Val
 /// `body` without the revision annotation, for the "already applied?" comparison.
 fn without_revision(body: &Value) -> Value {
     let mut b = body.clone();
-    if let Some(a) = b.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
+    if let Some(a) = b
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+    {
         a.remove(labels::REVISION_ANNOTATION);
     }
     b
@@ -358,7 +361,10 @@ mod tests {
             inventory: &inventory,
             prune: false,
         });
-        assert_eq!(p.apply.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), vec!["a"]);
+        assert_eq!(
+            p.apply.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            vec!["a"]
+        );
         assert_eq!(p.unchanged, vec!["b"]);
         assert!(p.prune.is_empty());
         // A changed spec or a moved file is applied (with the new revision).
@@ -373,7 +379,10 @@ mod tests {
             prune: false,
         });
         assert_eq!(p.apply.len(), 1);
-        assert_eq!(p.apply[0].1["metadata"]["annotations"][labels::REVISION_ANNOTATION], json!("main@sha1:2"));
+        assert_eq!(
+            p.apply[0].1["metadata"]["annotations"][labels::REVISION_ANNOTATION],
+            json!("main@sha1:2")
+        );
     }
 
     #[test]

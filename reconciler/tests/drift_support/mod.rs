@@ -46,18 +46,39 @@ pub struct World {
 
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
-        .args(["-c", "user.email=drift@example.com", "-c", "user.name=drift-test", "-c", "init.defaultBranch=main"])
+        .args([
+            "-c",
+            "user.email=drift@example.com",
+            "-c",
+            "user.name=drift-test",
+            "-c",
+            "init.defaultBranch=main",
+        ])
         .args(args)
         .current_dir(dir)
         .output()
         .expect("git runs");
-    assert!(out.status.success(), "git {args:?} in {}: {}{}", dir.display(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?} in {}: {}{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 pub fn kubectl_status(_w: &World, args: &[&str]) -> (bool, String, String) {
-    let out = dpdk_testenv::shared().kubectl().args(args).output().expect("kubectl runs");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = dpdk_testenv::shared()
+        .kubectl()
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 pub fn kubectl(w: &World, args: &[&str]) -> String {
@@ -76,9 +97,19 @@ pub fn kubectl_stdin(_w: &World, args: &[&str], stdin: &str) -> String {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("kubectl runs");
-    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
     let out = child.wait_with_output().expect("kubectl finishes");
-    assert!(out.status.success(), "kubectl {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -86,14 +117,27 @@ impl World {
     /// Creates the namespace, the repository with `files(prefix)` under `clusters/<ns>/`,
     /// the source (with `ignore` as spec.ignoreDifferences), and starts the source
     /// controller, the drift runtime and the HTTP server.
-    pub async fn start(base: &str, files: impl Fn(&str) -> Vec<(String, String)>, ignore: Vec<IgnoreRule>) -> World {
+    pub async fn start(
+        base: &str,
+        files: impl Fn(&str) -> Vec<(String, String)>,
+        ignore: Vec<IgnoreRule>,
+    ) -> World {
         let cp = dpdk_testenv::shared();
         let client = cp.client().await.expect("client");
         let ns = dpdk_testenv::unique_name(base);
         let prefix = format!("{ns}-");
         let path = format!("clusters/{ns}");
         Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &Namespace { metadata: ObjectMeta { name: Some(ns.clone()), ..Default::default() }, ..Default::default() })
+            .create(
+                &PostParams::default(),
+                &Namespace {
+                    metadata: ObjectMeta {
+                        name: Some(ns.clone()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            )
             .await
             .expect("create namespace");
 
@@ -102,7 +146,10 @@ impl World {
         let work = dirs.path().join("work");
         std::fs::create_dir_all(&remote).expect("mkdir");
         git(&remote, &["init", "-q", "--bare", "-b", "main"]);
-        git(dirs.path(), &["clone", "-q", remote.to_str().expect("utf8"), "work"]);
+        git(
+            dirs.path(),
+            &["clone", "-q", remote.to_str().expect("utf8"), "work"],
+        );
         std::fs::create_dir_all(work.join(&path)).expect("mkdir");
         for (name, text) in files(&prefix) {
             std::fs::write(work.join(&path).join(name), text).expect("write");
@@ -121,7 +168,10 @@ impl World {
             "spec": {"url": format!("file://{}", remote.display()), "ref": {"branch": "main"}, "path": path, "interval": "1h", "ignoreDifferences": ignore},
         }))
         .expect("source json");
-        Api::<DPDKConfigSource>::namespaced(client.clone(), &ns).create(&PostParams::default(), &src).await.expect("create source");
+        Api::<DPDKConfigSource>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &src)
+            .await
+            .expect("create source");
 
         let stop = CancellationToken::new();
         let mut registry = prometheus_client::registry::Registry::default();
@@ -142,17 +192,39 @@ impl World {
             sources: Some(vec![SourceKey::new(&ns, SOURCE_NAME)]),
             debounce: Duration::from_millis(50),
         };
-        tokio::spawn(dpdk_reconciler::drift::runtime::run(client.clone(), Arc::new(store), drift_opts, drift.clone(), stop.clone()));
+        tokio::spawn(dpdk_reconciler::drift::runtime::run(
+            client.clone(),
+            Arc::new(store),
+            drift_opts,
+            drift.clone(),
+            stop.clone(),
+        ));
 
         let app = dpdk_reconciler::server::router(
-            AppState { registry: Arc::new(registry), health: Health::new() },
+            AppState {
+                registry: Arc::new(registry),
+                health: Health::new(),
+            },
             vec![dpdk_reconciler::drift::http::routes(drift.clone())],
         );
-        let listener = dpdk_reconciler::server::bind("127.0.0.1:0").await.expect("bind");
+        let listener = dpdk_reconciler::server::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(dpdk_reconciler::server::serve(listener, app, stop.clone()));
 
-        World { client, ns, prefix, path, remote, work, addr, drift, stop, _dirs: dirs }
+        World {
+            client,
+            ns,
+            prefix,
+            path,
+            remote,
+            work,
+            addr,
+            drift,
+            stop,
+            _dirs: dirs,
+        }
     }
 
     pub fn source_param(&self) -> String {
@@ -161,20 +233,37 @@ impl World {
 
     /// `main@sha1:<sha>` of the work clone's HEAD.
     pub fn head_revision(&self) -> String {
-        format!("main@sha1:{}", git(&self.work, &["rev-parse", "HEAD"]).trim())
+        format!(
+            "main@sha1:{}",
+            git(&self.work, &["rev-parse", "HEAD"]).trim()
+        )
     }
 
     /// GET on the reconciler's HTTP server: status, headers (lower-case names), body.
     pub async fn get(&self, path: &str) -> (u16, BTreeMap<String, String>, String) {
-        let mut s = tokio::net::TcpStream::connect(self.addr).await.expect("connect");
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).await.expect("send");
+        let mut s = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("send");
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.expect("read");
         let text = String::from_utf8_lossy(&buf).into_owned();
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
         let mut lines = head.lines();
-        let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
         (status, headers, body.to_string())
     }
 
@@ -195,7 +284,11 @@ impl World {
                 return r.clone();
             }
             if tokio::time::Instant::now() > deadline {
-                panic!("{what}: not within 60s; last /drift: {}", r.map(|r| serde_json::to_string_pretty(&r).unwrap_or_default()).unwrap_or_default());
+                panic!(
+                    "{what}: not within 60s; last /drift: {}",
+                    r.map(|r| serde_json::to_string_pretty(&r).unwrap_or_default())
+                        .unwrap_or_default()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -222,6 +315,9 @@ impl World {
         self.stop.cancel();
         // Best effort: leave no objects behind for other tests' listings.
         let label = format!("dpdk.aws.k8s/source={}.{SOURCE_NAME}", self.ns);
-        let _ = dpdk_testenv::shared().kubectl().args(["delete", "dpdkconfig", "-l", &label, "--wait=false"]).output();
+        let _ = dpdk_testenv::shared()
+            .kubectl()
+            .args(["delete", "dpdkconfig", "-l", &label, "--wait=false"])
+            .output();
     }
 }
