@@ -30,8 +30,14 @@ for tool in cargo go git; do
   command -v "$tool" >/dev/null || { echo "missing required tool: $tool" >&2; exit 2; }
 done
 
+say "checking formatting (cargo fmt --all --check; rustfmt.toml)"
+cargo fmt --all --check
+
 say "building the local control plane (kube-apiserver, kubectl, etcd) from Go modules; cached after the first run"
 cargo run -q -p dpdk-testenv -- build
+
+say "linting (cargo clippy --workspace --all-targets -- -D warnings)"
+cargo clippy --workspace --all-targets -- -D warnings
 
 say "building the workspace and its tests (debug)"
 cargo test --workspace --no-run

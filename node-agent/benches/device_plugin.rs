@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use device_plugin_support::*;
 use dpdk_bridge::api::DpdkDriver;
-use dpdk_node_agent::device_plugin::DesiredDevice;
+use dpdk_node_agent::device_plugin::OfferedDevice;
 use dpdk_node_agent::device_plugin::allocate;
 use dpdk_node_agent::device_plugin::api::v1beta1::{AllocateRequest, ContainerAllocateRequest};
 use dpdk_node_agent::device_plugin::inventory::{self, HostPaths};
@@ -142,7 +142,7 @@ async fn main() {
         let r = allocate::container_response(SEED_RESOURCE, std::slice::from_ref(&id), |id| {
             Some(inventory::observe(
                 &paths,
-                &DesiredDevice {
+                &OfferedDevice {
                     pci_address: id.to_string(),
                     driver: DpdkDriver::VfioPci,
                 },

@@ -59,26 +59,12 @@ pub struct RunArgs {
     /// The kubelet's PodResources socket (devices pods hold are not unbound).
     #[arg(long, default_value = crate::podresources::DEFAULT_SOCKET)]
     pub pod_resources_socket: PathBuf,
-    /// Full resync period, e.g. 30s.
-    #[arg(long, default_value = "30s", value_parser = parse_secs)]
+    /// Full resync period (a Go duration: 500ms, 30s, 1m30s).
+    #[arg(long, default_value = "30s", value_parser = dpdk_bridge::duration::parse)]
     pub resync: Duration,
-    /// Retry period while something is pending or failed, e.g. 5s.
-    #[arg(long, default_value = "5s", value_parser = parse_secs)]
+    /// Retry period while something is pending or failed (a Go duration: 500ms, 5s).
+    #[arg(long, default_value = "5s", value_parser = dpdk_bridge::duration::parse)]
     pub retry: Duration,
-}
-
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let (n, mul) = if let Some(ms) = t.strip_suffix("ms") {
-        (ms, 1)
-    } else if let Some(sec) = t.strip_suffix('s') {
-        (sec, 1000)
-    } else {
-        (t, 1000)
-    };
-    n.parse::<u64>()
-        .map(|v| Duration::from_millis(v * mul))
-        .map_err(|_| format!("{s:?} is not a duration like 500ms or 30s"))
 }
 
 /// Everything a running agent uses; the CLI builds the real one, tests a fake one.
@@ -127,7 +113,7 @@ pub fn run_main(args: RunArgs) -> ExitCode {
         let shutdown = CancellationToken::new();
         let signal = shutdown.clone();
         tokio::spawn(async move {
-            crate::signals::wait_for_signal().await;
+            dpdk_bridge::signals::shutdown().await;
             info!(
                 "shutting down; devices stay bound (a rolling upgrade must not disturb DPDK pods)"
             );

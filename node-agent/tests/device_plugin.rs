@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use device_plugin_support::*;
 use dpdk_bridge::api::DpdkDriver;
-use dpdk_node_agent::device_plugin::DesiredDevice;
+use dpdk_node_agent::device_plugin::OfferedDevice;
 use dpdk_node_agent::device_plugin::api::v1beta1::{
     AllocateRequest, ContainerAllocateRequest, ContainerPreferredAllocationRequest,
     DevicePluginOptions, DeviceSpec, PreferredAllocationRequest, RegisterRequest,
@@ -145,7 +145,7 @@ async fn list_and_watch_follows_binding_and_vfio_node_without_ending() {
     plugin.desired.send_modify(|d| {
         d.add(
             SEED_RESOURCE,
-            DesiredDevice {
+            OfferedDevice {
                 pci_address: "0000:00:07.0".into(),
                 driver: DpdkDriver::VfioPci,
             },
@@ -188,7 +188,7 @@ async fn resources_come_and_go_with_the_desired_state() {
     plugin.desired.send_modify(|d| {
         d.add(
             other,
-            DesiredDevice {
+            OfferedDevice {
                 pci_address: "0000:00:08.0".into(),
                 driver: DpdkDriver::VfioPci,
             },

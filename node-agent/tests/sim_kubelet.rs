@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use dpdk_bridge::api::DpdkDriver;
-use dpdk_node_agent::device_plugin::{self, Config, DesiredDevice, DesiredState, Metrics};
+use dpdk_node_agent::device_plugin::{self, Config, DesiredState, Metrics, OfferedDevice};
 use dpdk_node_agent::kernel::Kernel;
 use dpdk_node_agent::modules::ModuleConfig;
 use dpdk_node_agent::sim::kubelet::{Devices, SimKubelet, capacity_patch};
@@ -60,7 +60,7 @@ async fn plugin_registers_and_the_kubelet_sees_its_devices() {
     desired.add_resource(RESOURCE);
     desired.add(
         RESOURCE,
-        DesiredDevice {
+        OfferedDevice {
             pci_address: BDF.to_string(),
             driver: DpdkDriver::VfioPci,
         },

@@ -1,5 +1,12 @@
-//! dpdk-reconciler: Git sources, manifest loading and validation, apply and prune, the DPDK
-//! controller, the drift engine and the HTTP server. The binary is a thin CLI over this crate.
+//! dpdk-reconciler: the cluster side. The binary is a thin CLI over this crate.
+//!
+//! - [`controller`]: the DPDK controller (watches, the planner's writes, leader election).
+//! - [`crdgen`]: `dpdk-reconciler crdgen`, the CRDs and their reference from the Rust types.
+//! - [`drift`]: the Git ↔ cluster ↔ node report, its HTTP routes and the `diff` CLI.
+//! - [`manifest`]: loading a config repository's YAML, positions, offline validation.
+//! - [`metrics`]: the process's Prometheus registry and the controller's metrics.
+//! - [`server`]: the HTTP server (`/metrics`, `/healthz`, `/readyz`) and its probes.
+//! - [`source`]: the Git source, the DPDKConfigSource controller (fetch, apply, prune).
 
 pub mod controller;
 pub mod crdgen;

@@ -82,22 +82,7 @@ async fn run(args: RunArgs) -> Result<(), dpdk_reconciler::Error> {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the process");
-                let _ = tokio::signal::ctrl_c().await;
-                on_signal.cancel();
-                return;
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        tracing::info!("shutting down");
+        dpdk_bridge::signals::shutdown().await;
         on_signal.cancel();
     });
     let mut registry = metrics::Registry::default();
@@ -118,7 +103,7 @@ async fn run(args: RunArgs) -> Result<(), dpdk_reconciler::Error> {
         dpdk_reconciler::drift::http::routes(drift.clone())
     };
     let drift_git = Arc::new(sources.store());
-    let health = server::Health::new();
+    let health = server::Probes::new();
     let listener = server::bind(&args.http_addr).await?;
     let addr = listener
         .local_addr()

@@ -32,11 +32,11 @@ struct Check {
 /// Named health checks. A component registers itself, reports readiness as it warms
 /// up, and reports a failure that should restart the process (liveness).
 #[derive(Clone, Default, Debug)]
-pub struct Health {
+pub struct Probes {
     checks: Arc<Mutex<BTreeMap<String, Check>>>,
 }
 
-impl Health {
+impl Probes {
     pub fn new() -> Self {
         Self::default()
     }
@@ -52,7 +52,7 @@ impl Health {
         }
     }
 
-    /// Adds a check that is not ready until [`Health::set_ready`].
+    /// Adds a check that is not ready until [`Probes::set_ready`].
     pub fn register(&self, name: &str) {
         self.update(name, |_| {});
     }
@@ -109,7 +109,7 @@ impl Health {
 #[derive(Clone)]
 pub struct AppState {
     pub registry: Arc<Registry>,
-    pub health: Health,
+    pub health: Probes,
 }
 
 /// The built-in routes merged with `extra` (each a `Router` with its state applied).
@@ -214,7 +214,7 @@ mod tests {
         let mut registry = Registry::default();
         let m = crate::metrics::ControllerMetrics::register(&mut registry);
         m.leader.set(1);
-        let health = Health::new();
+        let health = Probes::new();
         health.register("controller");
         let extra = Router::new().route("/drift", get(|| async { "{}" }));
         let app = router(

@@ -512,7 +512,7 @@ async fn teardown_waits_for_the_agent_then_goes_in_order() {
     let pos = |what: &str, f: &dyn Fn(&AuditWrite) -> bool| {
         after
             .iter()
-            .position(|w| f(w))
+            .position(f)
             .unwrap_or_else(|| panic!("no {what} in {after:#?}"))
     };
     let release = pos("NodeENI release", &|w| {

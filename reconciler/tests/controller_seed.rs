@@ -19,21 +19,7 @@ use kube::Api;
 use kube::api::ListParams;
 
 /// The seed guide's DPDKConfig, verbatim.
-const SEED_DPDKCONFIG: &str = "apiVersion: networking.k8s.aws/v1alpha1
-kind: DPDKConfig
-metadata:
-  name: default-dpdk-config
-spec:
-  nodeSelector:
-    ng: multi-eni
-  driverOptions:
-    enableUnsafeNoIOMMU: true
-    writeCombing: true
-  resourceMapping:
-  - deviceIndex: 2
-    resourceName: intel.com/intel_sriov_netdevice_2
-    driver: vfio-pci
-";
+use dpdk_testenv::fixtures::SEED_DPDKCONFIG;
 
 const SA_USER: &str = "system:serviceaccount:dpdk-operator:dpdk-controller";
 const NODES: [&str; 3] = [
@@ -70,7 +56,7 @@ fn seed_yaml_matches_the_guide() {
     let guide = workspace_root().join("../shared/seed/cloud-native-dpdk-guide.md");
     if let Ok(text) = std::fs::read_to_string(&guide) {
         assert!(
-            text.contains(SEED_DPDKCONFIG),
+            text.contains(&dpdk_testenv::fixtures::seed_dpdkconfig_as_in_the_guide()),
             "SEED_DPDKCONFIG drifted from {}",
             guide.display()
         );

@@ -8,6 +8,9 @@ use std::process::Command;
 use drift_support::{World, kubectl};
 use serde_json::Value;
 
+/// A test on an HTTP answer (status, body).
+type StatusPredicate = Box<dyn Fn(u16, &str) -> bool>;
+
 fn config(prefix: &str) -> String {
     format!(
         "# one pool\napiVersion: networking.k8s.aws/v1alpha1\nkind: DPDKConfig\nmetadata:\n  name: {prefix}one\nspec:\n  nodeSelector:\n    ng: {prefix}one\n  resourceMapping:\n  - deviceIndex: 2\n    resourceName: example.com/one   # the one\n"
@@ -212,21 +215,18 @@ async fn the_run_binary_serves_drift() {
 
     let get = |path: String| http_get(port, path);
     let name = format!("{prefix}one");
-    let wait = |what: &'static str, pred: Box<dyn Fn(u16, &str) -> bool>, path: String| {
-        let get = get.clone();
-        async move {
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
-            loop {
-                let (status, body) = get(path.clone()).await;
-                if pred(status, &body) {
-                    return body;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "{what}: last answer {status}: {body}"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let wait = |what: &'static str, pred: StatusPredicate, path: String| async move {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            let (status, body) = get(path.clone()).await;
+            if pred(status, &body) {
+                return body;
             }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: last answer {status}: {body}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     };
     // Applied and clean: no finding names our object.

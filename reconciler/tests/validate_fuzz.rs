@@ -2,26 +2,13 @@
 //! arbitrary bytes, on YAML-like token soup and on mutations of a real config; and on
 //! generated block YAML the index finds every node exactly where it was written.
 
+use dpdk_bridge::json_pointer::pointer_of;
 use dpdk_reconciler::manifest::Manifests;
 use dpdk_reconciler::manifest::load::{LoadOptions, RawFile};
-use dpdk_reconciler::manifest::position::{PositionIndex, index_file, pointer_of};
+use dpdk_reconciler::manifest::position::{PositionIndex, index_file};
 use proptest::prelude::*;
 
-const SEED: &str = "apiVersion: networking.k8s.aws/v1alpha1
-kind: DPDKConfig
-metadata:
-  name: default-dpdk-config
-spec:
-  nodeSelector:
-    ng: multi-eni
-  driverOptions:
-    enableUnsafeNoIOMMU: true
-    writeCombing: true
-  resourceMapping:
-  - deviceIndex: 2
-    resourceName: intel.com/intel_sriov_netdevice_2
-    driver: vfio-pci
-";
+use dpdk_testenv::fixtures::SEED_DPDKCONFIG as SEED;
 
 fn exercise(bytes: &[u8]) {
     let m = Manifests::from_files(vec![RawFile {

@@ -4,21 +4,12 @@
 use dpdk_reconciler::manifest::load::RawFile;
 use dpdk_reconciler::manifest::{Code, Manifests};
 
-const SEED: &str = "apiVersion: networking.k8s.aws/v1alpha1
-kind: DPDKConfig
-metadata:
-  name: default-dpdk-config
-spec:
-  nodeSelector:
-    ng: multi-eni
-  driverOptions:
-    enableUnsafeNoIOMMU: true
-    writeCombing: true
-  resourceMapping:
-  - deviceIndex: 2
-    resourceName: intel.com/intel_sriov_netdevice_2
-    driver: vfio-pci
-";
+use std::sync::LazyLock;
+
+/// The seed's DPDKConfig as the guide prints it: examples-repo's file without its comment
+/// lines, so the positions below are the guide's.
+static SEED: LazyLock<String> =
+    LazyLock::new(dpdk_testenv::fixtures::seed_dpdkconfig_as_in_the_guide);
 
 fn check(files: &[(&str, &str)]) -> Manifests {
     Manifests::from_files(
@@ -49,7 +40,7 @@ fn only_error(m: &Manifests) -> (Code, String) {
 
 #[test]
 fn the_seed_config_is_valid_with_a_writecombing_warning() {
-    let m = check(&[("clusters/prod/seed.yaml", SEED)]);
+    let m = check(&[("clusters/prod/seed.yaml", SEED.as_str())]);
     assert!(m.is_valid(), "{:?}", errors(&m));
     assert_eq!(m.objects.len(), 1);
     let o = &m.objects[0];
@@ -169,7 +160,7 @@ fn unknown_fields_are_errors_with_a_hint() {
         "a.yaml:10:5: unknown field \"writeCombinig\" in spec.driverOptions (did you mean \"writeCombining\"?)"
     );
 
-    let top = format!("{SEED}extra: 1\n");
+    let top = format!("{}extra: 1\n", *SEED);
     let (code, msg) = only_error(&check(&[("a.yaml", &top)]));
     assert_eq!(code, Code::UnknownField);
     assert_eq!(msg, "a.yaml:15:1: unknown field \"extra\" in the object");
@@ -208,8 +199,8 @@ fn type_errors_point_at_the_value() {
 #[test]
 fn duplicate_names_across_files() {
     let m = check(&[
-        ("a/one.yaml", SEED),
-        ("b/two.yaml", &format!("# another\n{SEED}")),
+        ("a/one.yaml", SEED.as_str()),
+        ("b/two.yaml", &format!("# another\n{}", *SEED)),
     ]);
     let (code, msg) = only_error(&m);
     assert_eq!(code, Code::DuplicateName);
@@ -222,7 +213,8 @@ fn duplicate_names_across_files() {
 #[test]
 fn invalid_yaml_reports_the_file_line() {
     let text = format!(
-        "{SEED}---\napiVersion: networking.k8s.aws/v1alpha1\nkind: DPDKConfig\nmetadata:\n  name: x\n   bad: [\n"
+        "{}---\napiVersion: networking.k8s.aws/v1alpha1\nkind: DPDKConfig\nmetadata:\n  name: x\n   bad: [\n",
+        *SEED
     );
     let m = check(&[("a.yaml", &text)]);
     let (code, msg) = only_error(&m);
@@ -240,7 +232,8 @@ fn invalid_yaml_reports_the_file_line() {
 #[test]
 fn other_kinds_are_skipped_and_reported() {
     let text = format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\n---\n{SEED}---\n# just a comment\n---\napiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [seed.yaml]\n"
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\n---\n{}---\n# just a comment\n---\napiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [seed.yaml]\n",
+        *SEED
     );
     let m = check(&[("k.yaml", &text)]);
     assert!(m.is_valid(), "{:?}", errors(&m));

@@ -159,7 +159,7 @@ fn go_build(
             // `go build -v` prints one package path per compiled package: count them as progress.
             if !line.contains(' ') {
                 packages += 1;
-                if packages % 200 == 0 {
+                if packages.is_multiple_of(200) {
                     eprintln!(
                         "[testenv]   {name}: {packages} packages compiled ({}s)",
                         started.elapsed().as_secs()

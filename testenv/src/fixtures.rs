@@ -17,6 +17,20 @@ use crate::{Error, Result, io_err};
 
 const MANAGER: &str = "dpdk-testenv";
 
+/// The seed's DPDKConfig as the project's config repository keeps it, comments included:
+/// the one copy every test reads.
+pub const SEED_DPDKCONFIG: &str =
+    include_str!("../../examples-repo/clusters/production/default-dpdk-config.yaml");
+
+/// [`SEED_DPDKCONFIG`] without its comment lines: the YAML the seed guide prints.
+pub fn seed_dpdkconfig_as_in_the_guide() -> String {
+    SEED_DPDKCONFIG
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 /// Applies every CRD in `files` (multi-document YAML) and waits until each is Established.
 pub async fn apply_crd_files(client: &Client, files: &[PathBuf]) -> Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());

@@ -8,6 +8,15 @@
 //! Child processes are spawned from one long-lived thread with `PR_SET_PDEATHSIG`, so
 //! they die with the test process even when a test panics or a shared control plane
 //! (which, living in a static, is never dropped) outlives every test.
+//!
+//! - [`binaries`]: building and caching the Go binaries.
+//! - [`certs`]: the control plane's CA, serving and client certificates, SA signing key.
+//! - [`control_plane`]: a running kube-apiserver + etcd pair on loopback.
+//! - [`demo`]: the README's demo.
+//! - [`fixtures`]: simulated Nodes and NodeENIs, the seed's DPDKConfig, CRD installs.
+//! - [`git_server`]: real Git servers (https, ssh, file) on loopback.
+//! - `process`: children that cannot outlive the test process.
+//! - [`workload_pods`]: the demo's stand-in for DaemonSet pods on simulated nodes.
 
 pub mod binaries;
 pub mod certs;

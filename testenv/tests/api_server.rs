@@ -11,21 +11,7 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 
 /// The seed guide's DPDKConfig, verbatim (misspelt `writeCombing` included).
-const SEED_DPDKCONFIG: &str = "apiVersion: networking.k8s.aws/v1alpha1
-kind: DPDKConfig
-metadata:
-  name: default-dpdk-config
-spec:
-  nodeSelector:
-    ng: multi-eni
-  driverOptions:
-    enableUnsafeNoIOMMU: true
-    writeCombing: true
-  resourceMapping:
-  - deviceIndex: 2
-    resourceName: intel.com/intel_sriov_netdevice_2
-    driver: vfio-pci
-";
+use dpdk_testenv::fixtures::SEED_DPDKCONFIG;
 
 fn kubectl(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     use std::io::Write;
@@ -60,7 +46,7 @@ fn seed_yaml_in_test_matches_the_seed_guide() {
         .join("../../shared/seed/cloud-native-dpdk-guide.md");
     if let Ok(text) = std::fs::read_to_string(&guide) {
         assert!(
-            text.contains(SEED_DPDKCONFIG),
+            text.contains(&dpdk_testenv::fixtures::seed_dpdkconfig_as_in_the_guide()),
             "SEED_DPDKCONFIG drifted from {}",
             guide.display()
         );

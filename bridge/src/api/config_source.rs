@@ -4,6 +4,8 @@ use serde::{Deserialize, Serialize};
 
 /// A Git repository path whose DPDKConfigs are applied to the cluster: Flux's
 /// GitRepository and Kustomization in one small object.
+// kube's `printcolumn(name = .., type_ = ..)` repeats `type_` once per column.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "networking.k8s.aws",

@@ -5,6 +5,8 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 /// Cluster-wide DPDK settings for the nodes that match `nodeSelector`.
+// kube's `printcolumn(name = .., type_ = ..)` repeats `type_` once per column.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "networking.k8s.aws",

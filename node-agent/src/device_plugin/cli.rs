@@ -39,29 +39,12 @@ pub struct DevicePluginArgs {
     /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9102) at /metrics.
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
-    /// Health poll interval, e.g. 50ms or 1s (inotify triggers earlier rescans).
-    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    /// Health poll interval (a Go duration: 50ms, 1s); inotify triggers earlier rescans.
+    #[arg(long, default_value = "50ms", value_parser = dpdk_bridge::duration::parse)]
     pub health_interval: Duration,
     /// Do not write status.devicePlugin on the DPDKNodeState.
     #[arg(long)]
     pub no_status: bool,
-}
-
-/// Parses `250ms`, `2s` or a bare number of milliseconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "ms"),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 50ms or 2s"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms or s)")),
-    }
 }
 
 /// Entry point of the subcommand.
@@ -85,7 +68,7 @@ pub async fn run(args: DevicePluginArgs) -> Result<(), Error> {
     let stop = CancellationToken::new();
     let signals = stop.clone();
     tokio::spawn(async move {
-        crate::signals::wait_for_signal().await;
+        dpdk_bridge::signals::shutdown().await;
         tracing::info!("shutting down");
         signals.cancel();
     });
@@ -116,18 +99,4 @@ pub async fn run(args: DevicePluginArgs) -> Result<(), Error> {
     });
     tracing::info!(node = %args.node_name, plugin_dir = %args.plugin_dir.display(), "device plugin starting");
     manager::run(config, desired_rx, metrics, reporter, stop).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("50ms"), Ok(Duration::from_millis(50)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("75"), Ok(Duration::from_millis(75)));
-        assert!(parse_duration("5m").is_err());
-        assert!(parse_duration("fast").is_err());
-    }
 }

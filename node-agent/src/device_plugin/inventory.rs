@@ -16,7 +16,7 @@ use crate::sysfs::VfioGroup;
 
 /// One device the plugin should offer under a resource.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct DesiredDevice {
+pub struct OfferedDevice {
     /// Canonical PCI address (`0000:00:06.0`): the kubelet device ID.
     pub pci_address: String,
     /// The driver the device must be bound to for a pod to use it.
@@ -28,12 +28,12 @@ pub struct DesiredDevice {
 /// DPDKConfig names it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
-    pub resources: BTreeMap<String, Vec<DesiredDevice>>,
+    pub resources: BTreeMap<String, Vec<OfferedDevice>>,
 }
 
 impl DesiredState {
     /// Adds a device to a resource (creating the resource), keeping devices sorted and unique.
-    pub fn add(&mut self, resource: impl Into<String>, device: DesiredDevice) -> &mut Self {
+    pub fn add(&mut self, resource: impl Into<String>, device: OfferedDevice) -> &mut Self {
         let devices = self.resources.entry(resource.into()).or_default();
         if !devices.iter().any(|d| d.pci_address == device.pci_address) {
             devices.push(device);
@@ -75,7 +75,7 @@ impl DesiredState {
                 Ok(bdf) => {
                     out.add(
                         resource,
-                        DesiredDevice {
+                        OfferedDevice {
                             pci_address: bdf.to_string(),
                             driver: spec.driver,
                         },
@@ -168,7 +168,7 @@ impl Snapshot {
 
 /// Health rule: Healthy iff the device is bound to the expected driver AND its
 /// character device (VFIO group or UIO node) exists. Pure.
-pub fn evaluate(desired: &DesiredDevice, facts: Result<DeviceFacts, String>) -> DeviceState {
+pub fn evaluate(desired: &OfferedDevice, facts: Result<DeviceFacts, String>) -> DeviceState {
     let mut state = DeviceState {
         pci_address: desired.pci_address.clone(),
         expected_driver: desired.driver,
@@ -219,7 +219,7 @@ pub struct HostPaths {
 }
 
 /// Reads one device's state now.
-pub fn observe(paths: &HostPaths, desired: &DesiredDevice) -> DeviceState {
+pub fn observe(paths: &HostPaths, desired: &OfferedDevice) -> DeviceState {
     let facts = sysfs_view::device_facts(
         &paths.sysfs_root,
         &paths.dev_root,
@@ -253,8 +253,8 @@ mod tests {
         DPDKNodeStateSpec, DPDKNodeStateStatus, DesiredDevice as SpecDevice, DeviceStatus,
     };
 
-    fn vfio(bdf: &str) -> DesiredDevice {
-        DesiredDevice {
+    fn vfio(bdf: &str) -> OfferedDevice {
+        OfferedDevice {
             pci_address: bdf.into(),
             driver: DpdkDriver::VfioPci,
         }
@@ -311,7 +311,7 @@ mod tests {
 
     #[test]
     fn uio_devices_need_their_uio_node() {
-        let d = DesiredDevice {
+        let d = OfferedDevice {
             pci_address: "0000:00:07.0".into(),
             driver: DpdkDriver::IgbUio,
         };
@@ -398,7 +398,7 @@ mod tests {
         want.add("intel.com/intel_sriov_netdevice_2", vfio("0000:00:06.0"));
         want.add(
             "intel.com/bare_name",
-            DesiredDevice {
+            OfferedDevice {
                 pci_address: "0000:00:07.0".into(),
                 driver: DpdkDriver::IgbUio,
             },

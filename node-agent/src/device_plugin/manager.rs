@@ -156,17 +156,17 @@ pub async fn run(
             }
         }
         for resource in wanted {
-            if !tasks.contains_key(&resource) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = tasks.entry(resource) {
+                let resource = slot.key().clone();
                 tracing::info!(%resource, "resource added: starting its server");
-                let task = ResourceTask::spawn(
+                slot.insert(ResourceTask::spawn(
                     &config,
-                    resource.clone(),
+                    resource,
                     snapshots.clone(),
                     metrics.clone(),
                     registrations.clone(),
                     &stop,
-                );
-                tasks.insert(resource, task);
+                ));
             }
         }
 

@@ -24,6 +24,6 @@ pub mod service;
 pub mod source;
 pub mod sysfs_view;
 
-pub use inventory::{DesiredDevice, DesiredState, HostPaths, Snapshot};
+pub use inventory::{DesiredState, HostPaths, OfferedDevice, Snapshot};
 pub use manager::{Config, run};
 pub use metrics::Metrics;

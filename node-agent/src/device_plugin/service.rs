@@ -19,7 +19,7 @@ use super::api::v1beta1::{
     TopologyInfo,
 };
 use super::api::{HEALTHY, UNHEALTHY};
-use super::inventory::{self, DesiredDevice, HostPaths, Snapshot};
+use super::inventory::{self, HostPaths, OfferedDevice, Snapshot};
 use super::metrics::{AllocationLabels, Metrics, Outcome, ResourceLabels};
 use super::preferred;
 
@@ -180,7 +180,7 @@ impl DevicePlugin for PluginService {
         let snapshot = self.snapshots.borrow().clone();
         let lookup = |id: &str| {
             let known = snapshot.device(&self.resource, id)?;
-            let desired = DesiredDevice {
+            let desired = OfferedDevice {
                 pci_address: known.pci_address.clone(),
                 driver: known.expected_driver,
             };

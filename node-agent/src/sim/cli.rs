@@ -27,7 +27,6 @@ use super::kubelet::{NodeStatusWriter, SimKubelet};
 use super::{SimNic, SimNode};
 use crate::agent::Agent;
 use crate::commands::{HostArgs, ModuleArgs, module_configs};
-use crate::device_plugin::cli::parse_duration;
 use crate::device_plugin::report::NodeReporter;
 use crate::device_plugin::{self, Config, DesiredState, Metrics};
 use crate::error::{Error, io_error};
@@ -63,11 +62,11 @@ pub struct SimulateArgs {
     /// allocatable). Default: the process's own.
     #[arg(long)]
     pub kubelet_kubeconfig: Option<PathBuf>,
-    /// The agent's retry period while something is pending, e.g. 1s.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    /// The agent's retry period while something is pending (a Go duration: 500ms, 1s).
+    #[arg(long, default_value = "1s", value_parser = dpdk_bridge::duration::parse)]
     pub retry: Duration,
-    /// The agent's full resync period, e.g. 30s.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    /// The agent's full resync period (a Go duration: 30s, 1m30s).
+    #[arg(long, default_value = "30s", value_parser = dpdk_bridge::duration::parse)]
     pub resync: Duration,
 }
 
@@ -110,7 +109,7 @@ pub async fn run(args: SimulateArgs) -> Result<(), SimError> {
     let stop = CancellationToken::new();
     let signals = stop.clone();
     tokio::spawn(async move {
-        crate::signals::wait_for_signal().await;
+        dpdk_bridge::signals::shutdown().await;
         info!("shutting down; devices stay bound");
         signals.cancel();
     });

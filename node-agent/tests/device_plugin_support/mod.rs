@@ -20,7 +20,7 @@ use dpdk_node_agent::device_plugin::api::v1beta1::{
     Device, DevicePluginOptions, Empty, ListAndWatchResponse, RegisterRequest,
 };
 use dpdk_node_agent::device_plugin::api::{KUBELET_SOCKET, unix_channel};
-use dpdk_node_agent::device_plugin::{self, Config, DesiredDevice, DesiredState, Metrics};
+use dpdk_node_agent::device_plugin::{self, Config, DesiredState, Metrics, OfferedDevice};
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -196,7 +196,7 @@ pub fn desired(resource: &str, bdfs: &[&str]) -> DesiredState {
     for bdf in bdfs {
         d.add(
             resource,
-            DesiredDevice {
+            OfferedDevice {
                 pci_address: bdf.to_string(),
                 driver: DpdkDriver::VfioPci,
             },

@@ -36,8 +36,11 @@ const EXPECTATION_TTL: Duration = Duration::from_secs(15);
 /// the watch event that brings the cache up to date triggers the next pass.
 #[derive(Default)]
 pub struct Expectations {
-    inner: Mutex<HashMap<(Kind, String), (Option<String>, Instant)>>,
+    inner: Mutex<HashMap<(Kind, String), Expected>>,
 }
+
+/// The resourceVersion a write produced (if it returned one) and when it was made.
+type Expected = (Option<String>, Instant);
 
 impl Expectations {
     pub fn expect(&self, kind: Kind, name: &str, rv: Option<String>) {

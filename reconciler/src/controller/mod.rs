@@ -33,7 +33,7 @@ use tracing::Instrument;
 
 use crate::Error;
 use crate::metrics::ControllerMetrics;
-use crate::server::Health;
+use crate::server::Probes;
 use cache::{Caches, Expectations};
 pub use leader::LeaderElectionConfig;
 use writer::{Outcome, Writer, kind_name};
@@ -101,46 +101,6 @@ pub fn default_identity() -> String {
     )
 }
 
-/// Parses a Go-style duration: `90s`, `5m`, `1h30m`, `500ms`, or plain seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    if rest.is_empty() {
-        return Err("empty duration".into());
-    }
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let (num, tail) = rest.split_at(num_end);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}: expected a number before the unit"))?;
-        let unit_end = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, next) = tail.split_at(unit_end);
-        let scale = match unit {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => {
-                return Err(format!(
-                    "invalid duration {s:?}: unit must be ms, s, m or h"
-                ));
-            }
-        };
-        total += Duration::from_secs_f64(value * scale);
-        rest = next;
-    }
-    Ok(total)
-}
-
 /// Command-line flags of the controller (part of `dpdk-reconciler run`).
 #[derive(clap::Args, Clone, Debug)]
 pub struct ControllerArgs {
@@ -150,11 +110,11 @@ pub struct ControllerArgs {
     #[arg(long)]
     pub force_conflicts: bool,
     /// How long teardown waits for a node whose agent never reported before releasing the
-    /// NodeENI fields and the node label anyway (Go duration: 300s, 5m, 1h).
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    /// NodeENI fields and the node label anyway (a Go duration: 500ms, 30s, 5m, 1h30m).
+    #[arg(long, default_value = "5m", value_parser = dpdk_bridge::duration::parse)]
     pub teardown_timeout: Duration,
-    /// A full reconcile pass at least this often, even without changes.
-    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    /// A full reconcile pass at least this often, even without changes (a Go duration).
+    #[arg(long, default_value = "10m", value_parser = dpdk_bridge::duration::parse)]
     pub resync_interval: Duration,
     /// Only handle DPDKConfigs with these labels (e.g. `shard=a`), for sharding.
     #[arg(long)]
@@ -174,14 +134,16 @@ pub struct ControllerArgs {
     /// This replica's identity in the Lease and on Events (default: $POD_NAME, else host-pid).
     #[arg(long)]
     pub identity: Option<String>,
-    /// How long a leader's Lease is valid without renewal.
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    /// How long a leader's Lease is valid without renewal (a Go duration).
+    #[arg(long, default_value = "15s", value_parser = dpdk_bridge::duration::parse)]
     pub lease_duration: Duration,
-    /// A leader that cannot renew for this long stops writing (must be < --lease-duration).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// A leader that cannot renew for this long stops writing (a Go duration, less than
+    /// --lease-duration).
+    #[arg(long, default_value = "10s", value_parser = dpdk_bridge::duration::parse)]
     pub renew_deadline: Duration,
-    /// How often to try to acquire or renew the Lease (must be < --renew-deadline).
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    /// How often to try to acquire or renew the Lease (a Go duration, less than
+    /// --renew-deadline).
+    #[arg(long, default_value = "2s", value_parser = dpdk_bridge::duration::parse)]
     pub retry_period: Duration,
 }
 
@@ -229,7 +191,7 @@ impl ControllerArgs {
 #[derive(Clone)]
 pub struct Telemetry {
     pub metrics: Arc<ControllerMetrics>,
-    pub health: Health,
+    pub health: Probes,
 }
 
 impl Telemetry {
@@ -237,7 +199,7 @@ impl Telemetry {
     pub fn standalone() -> Self {
         Telemetry {
             metrics: Arc::new(ControllerMetrics::unregistered()),
-            health: Health::new(),
+            health: Probes::new(),
         }
     }
 }
@@ -709,18 +671,6 @@ impl Reconciler {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_like_go() {
-        assert_eq!(parse_duration("300"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("5 minutes").is_err());
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("m").is_err());
-    }
 
     #[test]
     fn flags_are_checked_together() {

@@ -2,12 +2,15 @@
 //! manager `dpdk-controller`, UID preconditions, and apply conflicts turned into data.
 
 use dpdk_bridge::api::{DPDKConfig, DPDKNodeState, NodeENI};
+use dpdk_bridge::json_pointer::escape_token;
 use dpdk_bridge::labels::{CONFIG_FINALIZER, CONTROLLER_MANAGER, NODE_READY_LABEL};
 use dpdk_bridge::plan::{Kind, TEARDOWN_SINCE_ANNOTATION, Write};
 use dpdk_bridge::ssa::{self, FieldConflict};
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
-use kube::{Api, Client, ResourceExt};
+use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, Preconditions};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 /// What one write did.
@@ -39,6 +42,22 @@ pub struct Writer {
 fn apply(force: bool) -> PatchParams {
     let pp = PatchParams::apply(CONTROLLER_MANAGER);
     if force { pp.force() } else { pp }
+}
+
+/// PATCHes the whole object (its spec, labels or finalizers) and decodes only the
+/// metadata of the answer: a write needs the new resourceVersion, not the body. (kube's
+/// `Api::patch_metadata` does exactly this; the name here says what a caller gets.)
+async fn patch_returning_meta<K, P>(
+    api: &Api<K>,
+    name: &str,
+    pp: &PatchParams,
+    patch: &Patch<P>,
+) -> Result<PartialObjectMeta<K>, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    P: Serialize + std::fmt::Debug,
+{
+    api.patch_metadata(name, pp, patch).await
 }
 
 fn uid_or_none(uid: &str) -> Option<&str> {
@@ -84,10 +103,13 @@ impl Writer {
                     "apiVersion": "networking.k8s.aws/v1alpha1", "kind": "DPDKConfig",
                     "metadata": { "name": config, "finalizers": [CONFIG_FINALIZER] }
                 });
-                let o = self
-                    .configs
-                    .patch_metadata(config, &apply(false), &Patch::Apply(&body))
-                    .await?;
+                let o = patch_returning_meta(
+                    &self.configs,
+                    config,
+                    &apply(false),
+                    &Patch::Apply(&body),
+                )
+                .await?;
                 Ok(Outcome::Written(o.metadata.resource_version))
             }
             Write::RemoveFinalizer { config, uid, owned } => {
@@ -96,9 +118,13 @@ impl Writer {
                         "apiVersion": "networking.k8s.aws/v1alpha1", "kind": "DPDKConfig",
                         "metadata": { "name": config, "uid": uid }
                     });
-                    self.configs
-                        .patch_metadata(config, &apply(false), &Patch::Apply(&body))
-                        .await?;
+                    patch_returning_meta(
+                        &self.configs,
+                        config,
+                        &apply(false),
+                        &Patch::Apply(&body),
+                    )
+                    .await?;
                 } else if let Some((finalizers, rv)) = cached_finalizers {
                     // Added by someone else: drop it from the list, guarded by the
                     // resourceVersion so a concurrent change to the list is not lost.
@@ -107,9 +133,13 @@ impl Writer {
                         .filter(|f| *f != CONFIG_FINALIZER)
                         .collect();
                     let body = json!({ "metadata": { "finalizers": rest, "resourceVersion": rv } });
-                    self.configs
-                        .patch_metadata(config, &PatchParams::default(), &Patch::Merge(&body))
-                        .await?;
+                    patch_returning_meta(
+                        &self.configs,
+                        config,
+                        &PatchParams::default(),
+                        &Patch::Merge(&body),
+                    )
+                    .await?;
                 }
                 // The object goes away once no finalizer is left.
                 Ok(Outcome::Written(None))
@@ -125,32 +155,33 @@ impl Writer {
                     .unwrap_or_default();
                 let body = ssa::node_state_apply(node, spec, &ann);
                 // The spec of a DPDKNodeState is the controller's by contract.
-                let o = self
-                    .node_states
-                    .patch_metadata(node, &apply(true), &Patch::Apply(&body))
-                    .await?;
+                let o = patch_returning_meta(
+                    &self.node_states,
+                    node,
+                    &apply(true),
+                    &Patch::Apply(&body),
+                )
+                .await?;
                 Ok(Outcome::Written(o.metadata.resource_version))
             }
             Write::SetNodeLabel { node, uid, force } => {
                 let body = ssa::node_label_apply(node, uid_or_none(uid), true);
-                let o = self
-                    .nodes
-                    .patch_metadata(node, &apply(*force), &Patch::Apply(&body))
-                    .await?;
+                let o =
+                    patch_returning_meta(&self.nodes, node, &apply(*force), &Patch::Apply(&body))
+                        .await?;
                 Ok(Outcome::Written(o.metadata.resource_version))
             }
             Write::ReleaseNodeLabel { node, uid } => {
                 let body = ssa::node_label_apply(node, uid_or_none(uid), false);
-                let o = self
-                    .nodes
-                    .patch_metadata(node, &apply(false), &Patch::Apply(&body))
-                    .await?;
+                let o =
+                    patch_returning_meta(&self.nodes, node, &apply(false), &Patch::Apply(&body))
+                        .await?;
                 Ok(Outcome::Written(o.metadata.resource_version))
             }
             Write::RemoveReadyLabel { node, uid } => {
                 // The agent's label, not ours: a JSON patch removes it only while it is still
                 // `true` on the same node, so a label changed since the cache saw it stays.
-                let path = format!("/metadata/labels/{}", NODE_READY_LABEL.replace('/', "~1"));
+                let path = format!("/metadata/labels/{}", escape_token(NODE_READY_LABEL));
                 let mut ops = Vec::new();
                 if !uid.is_empty() {
                     ops.push(json!({ "op": "test", "path": "/metadata/uid", "value": uid }));
@@ -164,10 +195,8 @@ impl Writer {
                     field_manager: Some(CONTROLLER_MANAGER.into()),
                     ..Default::default()
                 };
-                let o = self
-                    .nodes
-                    .patch_metadata(node, &pp, &Patch::<()>::Json(patch))
-                    .await?;
+                let o =
+                    patch_returning_meta(&self.nodes, node, &pp, &Patch::<()>::Json(patch)).await?;
                 Ok(Outcome::Written(o.metadata.resource_version))
             }
             Write::ApplyNodeEni {
@@ -177,18 +206,24 @@ impl Writer {
                 force,
             } => {
                 let body = ssa::nodeeni_apply(name, uid_or_none(uid), Some(fields));
-                let o = self
-                    .node_enis
-                    .patch_metadata(name, &apply(*force), &Patch::Apply(&body))
-                    .await?;
+                let o = patch_returning_meta(
+                    &self.node_enis,
+                    name,
+                    &apply(*force),
+                    &Patch::Apply(&body),
+                )
+                .await?;
                 Ok(Outcome::Written(o.metadata.resource_version))
             }
             Write::ReleaseNodeEni { name, uid } => {
                 let body = ssa::nodeeni_apply(name, uid_or_none(uid), None);
-                let o = self
-                    .node_enis
-                    .patch_metadata(name, &apply(false), &Patch::Apply(&body))
-                    .await?;
+                let o = patch_returning_meta(
+                    &self.node_enis,
+                    name,
+                    &apply(false),
+                    &Patch::Apply(&body),
+                )
+                .await?;
                 Ok(Outcome::Written(o.metadata.resource_version))
             }
             Write::DeleteNodeState { node, uid } => {

@@ -16,9 +16,7 @@ use super::model::{
     DriftReport, Finding, FindingKind, GitDocument, GitSource, Layer, LiveView, ObjectRef,
     SourceInfo, Summary,
 };
-use super::normalize::{
-    FieldDiff, config_list_key, diff_values, escape_token, normalize_config_spec,
-};
+use super::normalize::{FieldDiff, config_list_key, diff_values, normalize_config_spec};
 
 /// Computes the drift report. `previous` carries `since` forward for findings that were
 /// already there; new findings get `now`.
@@ -251,7 +249,7 @@ fn opt_json(v: Option<Value>) -> Value {
 /// Renders a JSON pointer as `a.b[0].c` for messages.
 fn dotted(pointer: &str) -> String {
     let mut out = String::new();
-    for tok in super::normalize::pointer_tokens(pointer) {
+    for tok in dpdk_bridge::json_pointer::pointer_tokens(pointer) {
         if tok.chars().all(|c| c.is_ascii_digit()) && !tok.is_empty() {
             out.push_str(&format!("[{tok}]"));
         } else if tok.contains(['.', '/']) {
@@ -442,7 +440,10 @@ pub fn compare_config(doc: &GitDocument, cfg: &DPDKConfig) -> Vec<FieldDiff> {
             };
             if lv.as_ref() != Some(&gs) {
                 diffs.push(FieldDiff {
-                    pointer: format!("/metadata/{field}/{}", escape_token(k)),
+                    pointer: format!(
+                        "/metadata/{field}/{}",
+                        dpdk_bridge::json_pointer::escape_token(k)
+                    ),
                     git: Some(gv.clone()),
                     live: lv,
                 });

@@ -3,7 +3,7 @@
 use dpdk_bridge::api::IgnoreRule;
 
 use super::model::Finding;
-use super::normalize::pointer_tokens;
+use dpdk_bridge::json_pointer::pointer_tokens;
 
 /// True when `rule` covers `finding`: the kind and name match (or are unset) and one of
 /// its pointers is the finding's field path or an ancestor of it. `writeCombing` and

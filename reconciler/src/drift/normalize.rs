@@ -5,37 +5,8 @@
 //! list-maps may come back in another order. Both sides go through the same
 //! normalization before they are compared, so only real differences remain.
 
+use dpdk_bridge::json_pointer::escape_token;
 use serde_json::{Map, Value};
-
-/// RFC 6901 escaping of one reference token.
-pub fn escape_token(token: &str) -> String {
-    if token.contains(['~', '/']) {
-        token.replace('~', "~0").replace('/', "~1")
-    } else {
-        token.to_string()
-    }
-}
-
-/// RFC 6901 unescaping of one reference token.
-pub fn unescape_token(token: &str) -> String {
-    if token.contains('~') {
-        token.replace("~1", "/").replace("~0", "~")
-    } else {
-        token.to_string()
-    }
-}
-
-/// Splits a pointer into unescaped tokens ("" → no tokens).
-pub fn pointer_tokens(pointer: &str) -> Vec<String> {
-    if pointer.is_empty() {
-        return Vec::new();
-    }
-    pointer
-        .trim_start_matches('/')
-        .split('/')
-        .map(unescape_token)
-        .collect()
-}
 
 /// A DPDKConfig spec with every default applied and the seed's `writeCombing` folded
 /// into `writeCombining`, as the API server and the controller understand it.
@@ -194,6 +165,7 @@ fn values_equal(a: &Value, b: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dpdk_bridge::json_pointer::pointer_tokens;
     use serde_json::json;
 
     #[test]

@@ -17,9 +17,13 @@ use similar::TextDiff;
 
 use super::engine::compare_config;
 use super::model::{Finding, FindingKind, GitDocument, GitSource, Layer, LiveView};
-use super::normalize::pointer_tokens;
 use super::yaml_render::{Style, block_lines, entry_lines, item_lines, render_scalar};
 use crate::manifest::position::{Node, NodeKind, Pos, PositionIndex, index_file, parent_pointer};
+use dpdk_bridge::json_pointer::pointer_tokens;
+
+/// One file's edits: the documents to remove, and the documents to edit with the
+/// pointer → value changes of each.
+type FileEdits = (BTreeSet<usize>, BTreeMap<usize, Vec<(String, Value)>>);
 
 /// One file the patch touches. `None` means the file does not exist on that side.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,9 +53,7 @@ pub fn file_changes<'a>(
             .find(|c| c.metadata.name.as_deref() == Some(name))
     };
 
-    // file → (documents to remove, documents to edit with their diffs)
-    let mut per_file: BTreeMap<&str, (BTreeSet<usize>, BTreeMap<usize, Vec<(String, Value)>>)> =
-        BTreeMap::new();
+    let mut per_file: BTreeMap<&str, FileEdits> = BTreeMap::new();
     let mut changes = Vec::new();
     for f in &ours {
         let doc_pos = src

@@ -33,6 +33,7 @@
 //! assert_eq!(node.kind, NodeKind::Scalar(dpdk_reconciler::manifest::position::ScalarStyle::Plain));
 //! ```
 
+use dpdk_bridge::json_pointer::escape_token;
 use std::collections::HashMap;
 
 /// Nesting deeper than this is not indexed (the node becomes an opaque leaf). serde_yaml
@@ -211,25 +212,6 @@ pub fn parent_pointer(pointer: &str) -> Option<&str> {
         return None;
     }
     pointer.rfind('/').map(|i| &pointer[..i])
-}
-
-/// Escapes one reference token for a JSON pointer (RFC 6901): `~` → `~0`, `/` → `~1`.
-pub fn escape_token(token: &str) -> String {
-    token.replace('~', "~0").replace('/', "~1")
-}
-
-/// Builds a JSON pointer from unescaped tokens.
-pub fn pointer_of<I, S>(tokens: I) -> String
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<str>,
-{
-    let mut out = String::new();
-    for t in tokens {
-        out.push('/');
-        out.push_str(&escape_token(t.as_ref()));
-    }
-    out
 }
 
 /// One document of a multi-document YAML file, as raw text.
@@ -611,7 +593,7 @@ impl<'a> Scanner<'a> {
         let mut next_line = li + 1;
         loop {
             let line = self.line(li);
-            if !first && !(indent_of(line) == col && is_dash(line, col)) {
+            if !first && (indent_of(line) != col || !is_dash(line, col)) {
                 break;
             }
             first = false;
@@ -969,6 +951,7 @@ fn trimmed_len(line: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dpdk_bridge::json_pointer::pointer_of;
 
     fn at(idx: &PositionIndex, p: &str) -> (usize, usize) {
         let n = idx.get(p).unwrap_or_else(|| {
@@ -988,40 +971,27 @@ mod tests {
         &line[n.value.start.byte..n.value.end.byte]
     }
 
-    const SEED: &str = "apiVersion: networking.k8s.aws/v1alpha1
-kind: DPDKConfig
-metadata:
-  name: default-dpdk-config
-spec:
-  nodeSelector:
-    ng: multi-eni
-  driverOptions:
-    enableUnsafeNoIOMMU: true
-    writeCombing: true
-  resourceMapping:
-  - deviceIndex: 2
-    resourceName: intel.com/intel_sriov_netdevice_2
-    driver: vfio-pci
-";
+    /// The seed's DPDKConfig as `examples-repo/` keeps it (comments included).
+    use dpdk_testenv::fixtures::SEED_DPDKCONFIG as SEED;
 
     #[test]
     fn seed_document_positions() {
         let idx = PositionIndex::build(SEED, 1);
-        assert_eq!(at(&idx, "/kind"), (2, 1));
+        assert_eq!(at(&idx, "/kind"), (3, 1));
         assert_eq!(val(SEED, &idx, "/kind"), "DPDKConfig");
-        assert_eq!(at(&idx, "/metadata/name"), (4, 3));
+        assert_eq!(at(&idx, "/metadata/name"), (5, 3));
         assert_eq!(val(SEED, &idx, "/metadata/name"), "default-dpdk-config");
-        assert_eq!(at(&idx, "/spec/driverOptions/writeCombing"), (10, 5));
-        assert_eq!(at(&idx, "/spec/resourceMapping"), (11, 3));
+        assert_eq!(at(&idx, "/spec/driverOptions/writeCombing"), (14, 5));
+        assert_eq!(at(&idx, "/spec/resourceMapping"), (15, 3));
         assert_eq!(
             idx.get("/spec/resourceMapping").map(|n| n.kind),
             Some(NodeKind::Sequence)
         );
         // Sequence items point at their dash.
-        assert_eq!(at(&idx, "/spec/resourceMapping/0"), (12, 3));
-        assert_eq!(at(&idx, "/spec/resourceMapping/0/deviceIndex"), (12, 5));
+        assert_eq!(at(&idx, "/spec/resourceMapping/0"), (18, 3));
+        assert_eq!(at(&idx, "/spec/resourceMapping/0/deviceIndex"), (18, 5));
         assert_eq!(val(SEED, &idx, "/spec/resourceMapping/0/deviceIndex"), "2");
-        assert_eq!(at(&idx, "/spec/resourceMapping/0/driver"), (14, 5));
+        assert_eq!(at(&idx, "/spec/resourceMapping/0/driver"), (20, 5));
         assert_eq!(
             val(SEED, &idx, "/spec/resourceMapping/0/driver"),
             "vfio-pci"
@@ -1029,10 +999,10 @@ spec:
         let spec = idx.get("/spec").expect("spec");
         assert_eq!(
             (spec.first_line, spec.last_line, spec.kind),
-            (5, 14, NodeKind::Mapping)
+            (6, 20, NodeKind::Mapping)
         );
         let root = idx.get("").expect("root");
-        assert_eq!((root.first_line, root.last_line), (1, 14));
+        assert_eq!((root.first_line, root.last_line), (2, 20));
         assert_eq!(
             idx.children("/spec")
                 .map(|n| n.pointer.as_str())
@@ -1116,15 +1086,16 @@ spec:
     #[test]
     fn locate_falls_back_to_the_nearest_ancestor() {
         let idx = PositionIndex::build(SEED, 1);
-        assert_eq!(idx.locate("/spec/resourceMapping/0/missing").line, 12);
+        assert_eq!(idx.locate("/spec/resourceMapping/0/missing").line, 18);
         assert_eq!(
             idx.locate_value("/spec/resourceMapping/0/deviceIndex").col,
             18
         );
         assert_eq!(
             idx.locate("/nope/deeper"),
+            // The root starts at its first key (line 2; line 1 is a comment).
             Pos {
-                line: 1,
+                line: 2,
                 col: 1,
                 byte: 0
             }

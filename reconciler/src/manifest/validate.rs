@@ -13,8 +13,9 @@ use kube::CustomResourceExt;
 use serde_json::{Map, Value};
 
 use super::diagnostic::{Code, Diagnostic};
-use super::position::{IndexedDocument, PositionIndex, escape_token, index_file};
+use super::position::{IndexedDocument, PositionIndex, index_file};
 use super::{ManifestFile, ManifestObject, SkippedDocument};
+use dpdk_bridge::json_pointer::escape_token;
 
 /// The kind this loader applies.
 pub const KIND: &str = "DPDKConfig";
@@ -245,7 +246,7 @@ fn check_document(file: &str, doc: &IndexedDocument, diags: &mut Vec<Diagnostic>
         return DocOutcome::Invalid;
     }
 
-    let mut ctx = Ctx {
+    let mut ctx = DocumentDiagnostics {
         file,
         index,
         diags,
@@ -367,7 +368,9 @@ enum Seg {
     Index(usize),
 }
 
-struct Ctx<'a> {
+/// Where the schema walk of one document reports: the file, its positions, the list of
+/// diagnostics and how many of them are errors.
+struct DocumentDiagnostics<'a> {
     file: &'a str,
     index: &'a PositionIndex,
     diags: &'a mut Vec<Diagnostic>,
@@ -419,7 +422,7 @@ enum At {
     Value,
 }
 
-impl Ctx<'_> {
+impl DocumentDiagnostics<'_> {
     fn push(&mut self, code: Code, path: &[Seg], at: At, message: String) {
         let ptr = pointer(path);
         let p = match at {

@@ -240,12 +240,12 @@ async fn reconcile_inner(
         .and_then(|st| st.get(&key).map(|s| (s.next_due, s.generation)))
         .unwrap_or((None, None));
     let spec_changed = seen_gen != generation;
-    if forced.is_none() && !spec_changed {
-        if let Some(due) = due_at
-            && due > now
-        {
-            return Ok(Action::requeue(due - now));
-        }
+    if forced.is_none()
+        && !spec_changed
+        && let Some(due) = due_at
+        && due > now
+    {
+        return Ok(Action::requeue(due - now));
     }
     if let Ok(mut st) = ctx.state.lock() {
         st.entry(key.clone()).or_default().generation = generation;

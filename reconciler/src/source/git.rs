@@ -117,7 +117,7 @@ pub fn fetch(
         Transport::Https => match (&ca, cert.as_x509()) {
             (Some(ca), Some(x509)) => auth::verify_server_cert(ca, &host, x509.data())
                 .map(|()| CertificateCheckStatus::CertificateOk)
-                .map_err(|e| reject(e)),
+                .map_err(&reject),
             // No private CA: the system trust store decides.
             _ => Ok(CertificateCheckStatus::CertificatePassthrough),
         },

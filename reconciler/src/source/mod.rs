@@ -256,9 +256,9 @@ pub struct SourceArgs {
     /// Watch DPDKConfigSources in this namespace only (default: every namespace).
     #[arg(long)]
     pub source_namespace: Option<String>,
-    /// A Git fetch taking longer than this many seconds fails.
-    #[arg(long, default_value_t = 120)]
-    pub source_fetch_timeout_seconds: u64,
+    /// A Git fetch taking longer than this fails (a Go duration: 30s, 2m).
+    #[arg(long, default_value = "2m", value_parser = dpdk_bridge::duration::parse)]
+    pub source_fetch_timeout: Duration,
 }
 
 impl SourceArgs {
@@ -266,7 +266,7 @@ impl SourceArgs {
         SourceOptions {
             namespace: self.source_namespace,
             cache_dir: self.source_cache_dir,
-            fetch_timeout: Duration::from_secs(self.source_fetch_timeout_seconds.max(1)),
+            fetch_timeout: self.source_fetch_timeout.max(Duration::from_secs(1)),
             ..SourceOptions::default()
         }
     }
@@ -333,15 +333,14 @@ impl SourceMetrics {
     }
 
     pub(crate) fn set_revision(&self, source: &str, revision: &str) {
-        if let Ok(mut last) = self.last_revision.lock() {
-            if let Some(old) = last.insert(source.to_string(), revision.to_string())
-                && old != revision
-            {
-                self.revision_info.remove(&RevisionLabels {
-                    source: source.to_string(),
-                    revision: old,
-                });
-            }
+        if let Ok(mut last) = self.last_revision.lock()
+            && let Some(old) = last.insert(source.to_string(), revision.to_string())
+            && old != revision
+        {
+            self.revision_info.remove(&RevisionLabels {
+                source: source.to_string(),
+                revision: old,
+            });
         }
         self.revision_info
             .get_or_create(&RevisionLabels {

@@ -4,40 +4,19 @@ use std::time::Duration;
 
 use dpdk_bridge::api::GitRef;
 
-/// Parses a Go-style duration (`30s`, `5m`, `1h30m`, `1.5h`, `500ms`).
+/// The longest `spec.interval` accepted.
+const MAX_INTERVAL: Duration = Duration::from_secs(366 * 86400);
+
+/// Parses `spec.interval`: a Go duration (`30s`, `5m`, `1h30m`, `1.5h`, `500ms`) of at most
+/// 366 days.
 pub fn parse_interval(s: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid interval {s:?}: use a Go duration such as 30s, 5m or 1h");
-    if s.is_empty() {
-        return Err(bad());
+    let d = dpdk_bridge::duration::parse(s).map_err(|e| format!("spec.interval: {e}"))?;
+    if d > MAX_INTERVAL {
+        return Err(format!(
+            "spec.interval: invalid duration {s:?}: longer than 366 days"
+        ));
     }
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        if num_end == 0 {
-            return Err(bad());
-        }
-        let n: f64 = rest[..num_end].parse().map_err(|_| bad())?;
-        rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let secs = match &rest[..unit_end] {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(bad()),
-        };
-        total += n * secs;
-        rest = &rest[unit_end..];
-    }
-    if !total.is_finite() || total > 366.0 * 86400.0 {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs_f64(total))
+    Ok(d)
 }
 
 /// A branch, tag or commit to fetch.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use dpdk_bridge::api::{DPDKConfigSource, IgnoreRule};
 use dpdk_reconciler::drift::SourceKey;
 use dpdk_reconciler::drift::runtime::{DriftOptions, DriftState};
-use dpdk_reconciler::server::{AppState, Health};
+use dpdk_reconciler::server::{AppState, Probes};
 use dpdk_reconciler::source::{SourceController, SourceOptions};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{ObjectMeta, PostParams};
@@ -203,7 +203,7 @@ impl World {
         let app = dpdk_reconciler::server::router(
             AppState {
                 registry: Arc::new(registry),
-                health: Health::new(),
+                health: Probes::new(),
             },
             vec![dpdk_reconciler::drift::http::routes(drift.clone())],
         );
