@@ -1,10 +1,13 @@
 //! dpdk-bridge: the Kubernetes side of dpdk-gitops, free of Git and sysfs.
 //!
-//! - [`api`]: the CRD types (DPDKConfig, DPDKNodeState, DPDKConfigSource) and a mirror of
-//!   the AWS Multi-ENI Controller's NodeENI.
-//! - [`crd`]: CRD generation, rendered to the YAML committed under `deploy/`.
+//! - [`api`]: the CRD types (DPDKConfig, DPDKNodeState, DPDKConfigSource) and a NodeENI mirror.
 //! - [`conditions`]: kstatus-style conditions (Ready, Reconciling, Stalled).
+//! - [`crd`]: CRD generation, rendered to the YAML committed under `deploy/`.
+//! - [`crd_docs`]: the Markdown CRD field reference, rendered from the CRD schemas.
 //! - [`labels`]: the label, annotation and field-manager names shared by every component.
+//! - [`logging`]: log setup shared by every binary (`--log-format`, `RUST_LOG`).
+//! - [`plan`]: the pure planner, in phases: index, claims, node_eni, node_state, teardown, status.
+//! - [`ssa`]: server-side apply helpers: field ownership, apply conflicts, apply bodies.
 
 pub mod api;
 pub mod conditions;
