@@ -9,7 +9,8 @@
 //! - [`json_pointer`]: RFC 6901 pointers and their escaping.
 //! - [`labels`]: the label, annotation and field-manager names shared by every component.
 //! - [`logging`]: `--log-format text|json` for every binary.
-//! - [`plan`]: the DPDK controller's pure planner (snapshot in, writes and statuses out).
+//! - [`plan`]: the DPDK controller's pure planner, in phases: index, claims, node_eni,
+//!   node_state, teardown, status.
 //! - [`signals`]: the SIGTERM/SIGINT shutdown signal of every long-running subcommand.
 //! - [`ssa`]: server-side apply helpers: field ownership, conflicts, apply bodies.
 

@@ -506,16 +506,7 @@ fn cluster_nodeeni(live: &LiveView, origins: &Origins, now: Timestamp, out: &mut
         .map(|e| (name_of(&e.metadata), *e))
         .collect();
     let mut configs: Vec<&DPDKConfig> = live.configs.clone();
-    configs.sort_by(|a, b| {
-        (
-            a.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            name_of(&a.metadata),
-        )
-            .cmp(&(
-                b.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                name_of(&b.metadata),
-            ))
-    });
+    configs.sort_by(|a, b| plan::age_key(a).cmp(&plan::age_key(b)));
     // (driver, resourceName) → the oldest config and device index asking for it.
     let mut askers: HashMap<(DpdkDriver, &str), (&str, i32)> = HashMap::new();
     for c in &configs {
