@@ -9,7 +9,8 @@
 //!   for B's attachment, for the Multi-ENI Controller's members of A's attachment, and for
 //!   the device plugin's part of A's status;
 //! - the device plugin's token writes `status.devicePlugin` of A only;
-//! - a token of either ServiceAccount that is not bound to a pod on a node is refused.
+//! - a token of either ServiceAccount that is not bound to a pod on a node is refused;
+//! - under RBAC, the policies also refuse what the ClusterRoles do not grant.
 
 use dpdk_bridge::api::{
     AdvertisedResource, DPDKNodeState, DPDKNodeStateSpec, DevicePluginStatus, NodeENI,
@@ -499,5 +500,100 @@ async fn a_token_not_bound_to_a_pod_on_a_node_is_refused() {
         }
         .apply(&plugin_status(1))
         .await,
+    );
+}
+
+/// The node ServiceAccount `account` of a pod on `node`, impersonated in system:masters, so
+/// RBAC allows everything and only the node-scope policy can refuse.
+async fn without_rbac(cp: &ControlPlane, account: &str, node: &str) -> Client {
+    let mut config = cp.config().await.expect("config");
+    config.auth_info.impersonate = Some(format!("system:serviceaccount:{NAMESPACE}:{account}"));
+    config.auth_info.impersonate_groups =
+        Some(vec!["system:masters".into(), "system:authenticated".into()]);
+    config.auth_info.impersonate_user_extra = Some(
+        [(NODE_NAME_EXTRA.to_string(), vec![node.to_string()])]
+            .into_iter()
+            .collect(),
+    );
+    Client::try_from(config).expect("client")
+}
+
+/// The policies are a second layer under RBAC: writes the ClusterRoles do not grant (Node
+/// status, DPDKNodeState and NodeENI specs, creates, deletes) are refused even on the
+/// caller's own node when RBAC would allow them.
+#[tokio::test]
+async fn the_policies_refuse_what_rbac_does_not_grant_even_on_the_own_node() {
+    let cp = shared();
+    install(cp).await;
+    let admin = cp.client().await.expect("admin");
+    let (a, _b) = two_nodes(&admin).await;
+    let eni = unique_name("multus-eni");
+    fixtures::create_nodeeni(&admin, &eni, &[("ng", "multi-eni")], 1, &["subnet-a"])
+        .await
+        .expect("nodeeni");
+    fixtures::upsert_attachment(&admin, &eni, fixtures::attachment(&a, 1, "eni-0aaaa"))
+        .await
+        .expect("attachment");
+    let dry_delete = kube::api::DeleteParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    for account in [AGENT, DEVICE_PLUGIN] {
+        let client = without_rbac(cp, account, &a).await;
+        let nodes: Api<Node> = Api::all(client.clone());
+        let states: Api<DPDKNodeState> = Api::all(client.clone());
+        let enis: Api<NodeENI> = Api::all(client.clone());
+        let capacity = json!({"status": {"capacity": {"example.com/x": "1"}}});
+        refused_by(
+            NODES_POLICY,
+            &format!("{account}: A's node status"),
+            nodes
+                .patch_status(&a, &PatchParams::default(), &Patch::Merge(&capacity))
+                .await,
+        );
+        refused_by(
+            NODES_POLICY,
+            &format!("{account}: deleting A"),
+            nodes.delete(&a, &dry_delete).await,
+        );
+        let devices = json!({"spec": {"devices": []}});
+        refused_by(
+            STATES_POLICY,
+            &format!("{account}: A's DPDKNodeState spec"),
+            states
+                .patch(&a, &PatchParams::default(), &Patch::Merge(&devices))
+                .await,
+        );
+        refused_by(
+            STATES_POLICY,
+            &format!("{account}: deleting A's DPDKNodeState"),
+            states.delete(&a, &dry_delete).await,
+        );
+        let spec = json!({"spec": {"enableDPDK": false}});
+        refused_by(
+            ENIS_POLICY,
+            &format!("{account}: the NodeENI spec"),
+            enis.patch(&eni, &PatchParams::default(), &Patch::Merge(&spec))
+                .await,
+        );
+    }
+    // The device plugin writes no Node and no NodeENI, not even its own node's.
+    let plugin = without_rbac(cp, DEVICE_PLUGIN, &a).await;
+    refused_by(
+        NODES_POLICY,
+        "the plugin: A's ready label",
+        report::label_ready(&plugin, &a).await,
+    );
+    let now = Api::<NodeENI>::all(admin.clone())
+        .get_status(&eni)
+        .await
+        .expect("eni");
+    let patch = report::attachment_patch(&now, &a, 1, &bound_fields()).expect("a patch");
+    refused_by(
+        ENIS_POLICY,
+        "the plugin: A's attachment",
+        Api::<NodeENI>::all(plugin)
+            .patch_status(&eni, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .await,
     );
 }
