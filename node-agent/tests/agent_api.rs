@@ -51,10 +51,23 @@ fn kernel(node: &FakeNode) -> &KernelModel {
     &node.kernel
 }
 
-fn apply_rbac(cp: &ControlPlane) {
+/// The RBAC of deploy/dpdk-operator.yaml and the node-scope policy of
+/// deploy/dpdk-node-policy.yaml, enforced.
+async fn apply_rbac(cp: &ControlPlane) {
     let file = dpdk_testenv::control_plane::workspace_root().join("deploy/dpdk-operator.yaml");
     cp.kubectl_apply_once(&file)
         .expect("node-agent RBAC applies");
+    fixtures::install_node_policy(cp)
+        .await
+        .expect("node-scope policy enforced");
+}
+
+/// The node agent's ServiceAccount as its pod on `node_name` acts (impersonation with the
+/// node-name user extra its token would carry).
+async fn agent_client(cp: &ControlPlane, node_name: &str) -> Client {
+    cp.node_service_account_client("dpdk-operator", "dpdk-node-agent", node_name)
+        .await
+        .expect("sa client")
 }
 
 fn agent(
@@ -151,7 +164,7 @@ async fn eni_controller_writes(
 async fn reports_status_and_attachments_as_its_service_account_without_clobbering_the_eni_controller()
  {
     let cp = shared();
-    apply_rbac(cp);
+    apply_rbac(cp).await;
     let admin = cp.client().await.expect("admin");
     let node_name = unique_name("dpdk-node");
     let other = unique_name("other-node");
@@ -219,10 +232,7 @@ async fn reports_status_and_attachments_as_its_service_account_without_clobberin
         .await
         .expect("create state");
 
-    let sa = cp
-        .service_account_client("dpdk-operator", "dpdk-node-agent")
-        .await
-        .expect("sa client");
+    let sa = agent_client(cp, &node_name).await;
     let token = CancellationToken::new();
     let imds = Imds::new(&stub.endpoint()).expect("imds");
     let run =
@@ -526,7 +536,7 @@ async fn reports_status_and_attachments_as_its_service_account_without_clobberin
 #[tokio::test]
 async fn a_device_a_pod_holds_is_reported_in_use_and_restored_once_released() {
     let cp = shared();
-    apply_rbac(cp);
+    apply_rbac(cp).await;
     let admin = cp.client().await.expect("admin");
     let node_name = unique_name("dpdk-node");
     let sel = unique_name("multi-eni");
@@ -561,10 +571,7 @@ async fn a_device_a_pod_holds_is_reported_in_use_and_restored_once_released() {
         )
         .await
         .expect("create");
-    let sa = cp
-        .service_account_client("dpdk-operator", "dpdk-node-agent")
-        .await
-        .expect("sa");
+    let sa = agent_client(cp, &node_name).await;
     let token = CancellationToken::new();
     let run = tokio::spawn(agent(&node_name, sa, &node, None, Some(socket)).run(token.clone()));
     eventually(60, "bound", || {
@@ -652,13 +659,10 @@ async fn a_device_a_pod_holds_is_reported_in_use_and_restored_once_released() {
 #[tokio::test]
 async fn a_stale_attachment_patch_is_refused_and_the_retry_keeps_both_writers_fields() {
     let cp = shared();
-    apply_rbac(cp);
+    apply_rbac(cp).await;
     let admin = cp.client().await.expect("admin");
-    let sa = cp
-        .service_account_client("dpdk-operator", "dpdk-node-agent")
-        .await
-        .expect("sa");
     let (node_name, other) = (unique_name("dpdk-node"), unique_name("other-node"));
+    let sa = agent_client(cp, &node_name).await;
     let eni = unique_name("multus-eni");
     fixtures::create_nodeeni(&admin, &eni, &[("ng", "x")], 1, &["subnet-a"])
         .await

@@ -49,18 +49,24 @@ fn preload(node: &FakeNode) {
     .expect("preload");
 }
 
-/// A kubeconfig that acts as the node agent's ServiceAccount (impersonation).
-fn service_account_kubeconfig(cp: &ControlPlane, dir: &Path) -> PathBuf {
+/// A kubeconfig that acts as the node agent's ServiceAccount in a pod on `node_name`
+/// (impersonation with the node-name user extra its token would carry).
+fn service_account_kubeconfig(cp: &ControlPlane, dir: &Path, node_name: &str) -> PathBuf {
     let path = dir.join("sa-kubeconfig");
-    cp.write_service_account_kubeconfig("dpdk-operator", "dpdk-node-agent", &path)
+    cp.write_node_service_account_kubeconfig("dpdk-operator", "dpdk-node-agent", node_name, &path)
         .expect("write kubeconfig");
     path
 }
 
-fn apply_rbac(cp: &ControlPlane) {
+/// The RBAC of deploy/dpdk-operator.yaml and the node-scope policy of
+/// deploy/dpdk-node-policy.yaml, enforced.
+async fn apply_rbac(cp: &ControlPlane) {
     let file = dpdk_testenv::control_plane::workspace_root().join("deploy/dpdk-operator.yaml");
     cp.kubectl_apply_once(&file)
         .expect("node-agent RBAC applies");
+    fixtures::install_node_policy(cp)
+        .await
+        .expect("node-scope policy enforced");
 }
 
 #[test]
@@ -90,7 +96,7 @@ fn bad_flags_name_themselves() {
 #[tokio::test]
 async fn load_verifies_persists_and_labels_the_node_as_its_service_account() {
     let cp = shared();
-    apply_rbac(cp);
+    apply_rbac(cp).await;
     let admin = cp.client().await.expect("admin");
     let name = unique_name("dpdk-node");
     fixtures::create_node(&admin, &name, &[], "10.0.0.20")
@@ -98,7 +104,7 @@ async fn load_verifies_persists_and_labels_the_node_as_its_service_account() {
         .expect("node");
     let node = FakeNode::new(&[FakeNic::ena(6)]);
     preload(&node);
-    let kubeconfig = service_account_kubeconfig(cp, node.tmp.path());
+    let kubeconfig = service_account_kubeconfig(cp, node.tmp.path(), &name);
 
     let out = agent(
         &node,
@@ -137,7 +143,7 @@ async fn load_verifies_persists_and_labels_the_node_as_its_service_account() {
 #[tokio::test]
 async fn a_failed_load_is_reported_in_the_node_state_and_the_node_is_not_labelled() {
     let cp = shared();
-    apply_rbac(cp);
+    apply_rbac(cp).await;
     let admin = cp.client().await.expect("admin");
     let name = unique_name("dpdk-node");
     fixtures::create_node(&admin, &name, &[], "10.0.0.21")
@@ -160,7 +166,7 @@ async fn a_failed_load_is_reported_in_the_node_state_and_the_node_is_not_labelle
         .await
         .expect("state");
     let node = FakeNode::new(&[]);
-    let kubeconfig = service_account_kubeconfig(cp, node.tmp.path());
+    let kubeconfig = service_account_kubeconfig(cp, node.tmp.path(), &name);
     let out = agent(&node, &["load", "--node-name", &name], Some(&kubeconfig));
     assert_eq!(
         out.status.code(),

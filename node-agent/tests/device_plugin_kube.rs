@@ -1,5 +1,6 @@
 //! The device plugin driven by a real DPDKNodeState on the local API server, running as
-//! its own ServiceAccount (dpdk-device-plugin, RBAC from deploy/dpdk-operator.yaml):
+//! its own ServiceAccount (dpdk-device-plugin, RBAC from deploy/dpdk-operator.yaml, scoped
+//! to its node by deploy/dpdk-node-policy.yaml):
 //! resources appear and disappear with spec.devices, device IDs come from
 //! status.devices, and what it advertises is reported in status.devicePlugin without
 //! touching the agent's status fields.
@@ -16,7 +17,7 @@ use dpdk_bridge::api::{
 use dpdk_node_agent::device_plugin::report::NodeReporter;
 use dpdk_node_agent::device_plugin::{self, DesiredState, Metrics, source};
 use dpdk_testenv::control_plane::workspace_root;
-use dpdk_testenv::{shared, unique_name};
+use dpdk_testenv::{fixtures, shared, unique_name};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use tokio::sync::watch;
@@ -95,12 +96,16 @@ async fn follows_the_nodes_dpdknodestate_and_reports_what_it_advertises() {
         "applying deploy/dpdk-operator.yaml: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // And the node-scope policy: the plugin acts as its pod on `node` would.
+    fixtures::install_node_policy(cp)
+        .await
+        .expect("node-scope policy enforced");
+    let node = unique_name("dp-node");
     let sa = cp
-        .service_account_client("dpdk-operator", "dpdk-device-plugin")
+        .node_service_account_client("dpdk-operator", "dpdk-device-plugin", &node)
         .await
         .expect("SA client");
 
-    let node = unique_name("dp-node");
     let api: Api<DPDKNodeState> = Api::all(admin.clone());
     // The controller's spec: index 2 → the seed's resource. The agent's status: its BDF.
     let state = DPDKNodeState::new(

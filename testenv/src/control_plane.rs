@@ -1,5 +1,6 @@
 //! A running kube-apiserver + etcd pair on loopback.
 
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -56,6 +57,41 @@ rules:
   verbs: [\"create\", \"update\", \"patch\", \"delete\", \"deletecollection\"]
 - level: None
 ";
+
+/// The user extra a pod-bound ServiceAccount token carries (Kubernetes 1.30+, GA in 1.32):
+/// the name of the node the pod is bound to. deploy/dpdk-node-policy.yaml keys on it.
+pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+
+/// Who an impersonating client or kubeconfig acts as: a ServiceAccount's user name, the
+/// groups the API server gives its tokens, and the user extras of a pod-bound token.
+struct ServiceAccountIdentity {
+    user: String,
+    groups: Vec<String>,
+    extra: Option<HashMap<String, Vec<String>>>,
+}
+
+impl ServiceAccountIdentity {
+    fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            user: format!("system:serviceaccount:{namespace}:{name}"),
+            groups: vec![
+                "system:serviceaccounts".to_string(),
+                format!("system:serviceaccounts:{namespace}"),
+                "system:authenticated".to_string(),
+            ],
+            extra: None,
+        }
+    }
+
+    /// As the token of a pod bound to `node`.
+    fn on_node(mut self, node: &str) -> Self {
+        self.extra = Some(HashMap::from([(
+            NODE_NAME_EXTRA.to_string(),
+            vec![node.to_string()],
+        )]));
+        self
+    }
+}
 
 impl ControlPlane {
     /// Builds the binaries if needed, then starts etcd and kube-apiserver and waits for `/readyz`.
@@ -186,6 +222,28 @@ impl ControlPlane {
         name: &str,
         out: &Path,
     ) -> Result<()> {
+        self.write_impersonating_kubeconfig(&ServiceAccountIdentity::new(namespace, name), out)
+    }
+
+    /// [`Self::write_service_account_kubeconfig`] for a ServiceAccount whose pod runs on
+    /// `node`: the impersonation also carries the [`NODE_NAME_EXTRA`] user extra
+    /// (`as-user-extra`), as that pod's token would.
+    pub fn write_node_service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        node: &str,
+        out: &Path,
+    ) -> Result<()> {
+        let id = ServiceAccountIdentity::new(namespace, name).on_node(node);
+        self.write_impersonating_kubeconfig(&id, out)
+    }
+
+    fn write_impersonating_kubeconfig(
+        &self,
+        id: &ServiceAccountIdentity,
+        out: &Path,
+    ) -> Result<()> {
         let admin = self.kubeconfig.as_path();
         let text = std::fs::read_to_string(admin).map_err(io_err(admin))?;
         let mut kc: serde_yaml::Value = serde_yaml::from_str(&text)
@@ -201,19 +259,16 @@ impl ControlPlane {
             else {
                 continue;
             };
-            auth.insert(
-                "as".into(),
-                format!("system:serviceaccount:{namespace}:{name}").into(),
-            );
-            let groups = [
-                "system:serviceaccounts".to_string(),
-                format!("system:serviceaccounts:{namespace}"),
-                "system:authenticated".to_string(),
-            ];
+            auth.insert("as".into(), id.user.clone().into());
             auth.insert(
                 "as-groups".into(),
-                serde_yaml::Value::Sequence(groups.into_iter().map(Into::into).collect()),
+                serde_yaml::Value::Sequence(id.groups.iter().cloned().map(Into::into).collect()),
             );
+            if let Some(extra) = &id.extra {
+                let extra = serde_yaml::to_value(extra)
+                    .map_err(|e| Error::Other(format!("{}: {e}", out.display())))?;
+                auth.insert("as-user-extra".into(), extra);
+            }
         }
         let text = serde_yaml::to_string(&kc)
             .map_err(|e| Error::Other(format!("{}: {e}", out.display())))?;
@@ -235,13 +290,40 @@ impl ControlPlane {
 
     /// A client that acts as the ServiceAccount `namespace/name`, as its pod would.
     pub async fn service_account_client(&self, namespace: &str, name: &str) -> Result<Client> {
-        let user = format!("system:serviceaccount:{namespace}:{name}");
-        let ns_group = format!("system:serviceaccounts:{namespace}");
-        self.client_as(
-            &user,
-            &["system:serviceaccounts", &ns_group, "system:authenticated"],
-        )
-        .await
+        self.impersonating_client(&ServiceAccountIdentity::new(namespace, name))
+            .await
+    }
+
+    /// A client that acts as the ServiceAccount `namespace/name` of a pod on `node`: the
+    /// impersonation carries the [`NODE_NAME_EXTRA`] user extra, as that pod's token would
+    /// (deploy/dpdk-node-policy.yaml refuses the node ServiceAccounts without it).
+    pub async fn node_service_account_client(
+        &self,
+        namespace: &str,
+        name: &str,
+        node: &str,
+    ) -> Result<Client> {
+        self.impersonating_client(&ServiceAccountIdentity::new(namespace, name).on_node(node))
+            .await
+    }
+
+    async fn impersonating_client(&self, id: &ServiceAccountIdentity) -> Result<Client> {
+        let mut config = self.config().await?;
+        config.auth_info.impersonate = Some(id.user.clone());
+        config.auth_info.impersonate_groups = Some(id.groups.clone());
+        config.auth_info.impersonate_user_extra = id.extra.clone();
+        Ok(Client::try_from(config)?)
+    }
+
+    /// A client that authenticates with the bearer `token` alone (no client certificate,
+    /// no impersonation), e.g. a TokenRequest token, trusting this control plane's CA.
+    pub async fn token_client(&self, token: &str) -> Result<Client> {
+        let mut config = self.config().await?;
+        config.auth_info = kube::config::AuthInfo {
+            token: Some(token.to_string().into()),
+            ..Default::default()
+        };
+        Ok(Client::try_from(config)?)
     }
 
     /// The kube-rs config for the admin user.

@@ -127,6 +127,10 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
             "--timeout=60s",
         ],
     )?;
+    step(
+        "installing deploy/dpdk-node-policy.yaml: the node agents and device plugins act for their own node only",
+    );
+    fixtures::install_node_policy(&cp).await?;
     let client = cp.client().await?;
     step(&format!(
         "simulating {} EC2 nodes in node group ng=multi-eni with a NodeENI at device index 2",
@@ -213,19 +217,13 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     }];
 
     // The node side, as the DaemonSets in deploy/dpdk-operator.yaml run it: one node agent
-    // and one device plugin per simulated node, each on its node's fake sysfs tree. One
-    // process can have one identity, so the agents and the device plugins are two
-    // processes, each acting as its DaemonSet's ServiceAccount: the demo proves deploy/'s
-    // RBAC is enough. The simulated kubelets write Node capacity as the admin (the real
-    // kubelet's own credentials).
+    // and one device plugin per simulated node, each on its node's fake sysfs tree and each
+    // its own process acting as its DaemonSet's ServiceAccount in a pod on that node (the
+    // node-name user extra its token would carry), so deploy/'s RBAC and the node-scope
+    // policy of deploy/dpdk-node-policy.yaml are what it gets. The simulated kubelets write
+    // Node capacity as the admin (the real kubelet's own credentials).
     let node_agent = sibling_binary("dpdk-node-agent")?;
     let work_dir = scratch.path().join("nodes");
-    let mut node_args = vec![
-        "simulate".to_string(),
-        format!("--work-dir={}", work_dir.display()),
-        format!("--dpdk-pci-address={DPDK_PCI_ADDRESS}"),
-    ];
-    node_args.extend(node_names.iter().map(|n| format!("--node={n}")));
     let mut node_logs = Vec::new();
     for (name, component, account) in [
         ("node agents", "agent", AGENT_SERVICE_ACCOUNT),
@@ -236,34 +234,28 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         ),
     ] {
         step(&format!(
-            "starting the {name} ({} simulate --component {component}) as ServiceAccount dpdk-operator/{account}",
+            "starting the {name} ({} simulate --component {component}, one per node) as ServiceAccount dpdk-operator/{account}",
             node_agent.display()
         ));
-        let kubeconfig = scratch.path().join(format!("kubeconfig-{account}"));
-        cp.write_service_account_kubeconfig("dpdk-operator", account, &kubeconfig)?;
-        let log_path = scratch
-            .path()
-            .join(format!("{}.log", name.replace(' ', "-")));
-        let log = std::fs::File::create(&log_path).map_err(io_err_demo)?;
-        let mut cmd = Command::new(&node_agent);
-        cmd.args(&node_args)
-            .arg(format!("--component={component}"))
-            .arg(format!(
-                "--kubelet-kubeconfig={}",
-                cp.kubeconfig_path().display()
-            ))
-            .env("KUBECONFIG", &kubeconfig)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(io_err_demo)?)
-            .stderr(log);
-        let child = Reaper::spawn(cmd, CHILD_GRACE)?;
-        children.push(Watched {
-            name,
-            child,
-            log: log_path.clone(),
-        });
-        node_logs.push((name, log_path));
+        let log_dir = scratch.path().join(name.replace(' ', "-"));
+        std::fs::create_dir_all(&log_dir).map_err(io_err_demo)?;
+        for node in &node_names {
+            let child = spawn_simulated_node(
+                &cp,
+                &node_agent,
+                &work_dir,
+                component,
+                account,
+                node,
+                &log_dir,
+            )?;
+            children.push(Watched {
+                name,
+                child,
+                log: log_dir.join(format!("{node}.log")),
+            });
+        }
+        node_logs.push((name, log_dir));
     }
 
     step(&format!(
@@ -292,7 +284,11 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     }
     println!("reconciler log: {}", log_path.display());
     for (name, log) in &node_logs {
-        println!("{:<16}{}", format!("{name}:"), log.display());
+        println!(
+            "{:<16}{}/<node>.log (one process per node)",
+            format!("{name}:"),
+            log.display()
+        );
     }
     println!(
         "node trees:     {} (<node>/sys, dev, proc, state, device-plugins)",
@@ -323,6 +319,39 @@ struct Watched {
 
 fn io_err_demo(e: std::io::Error) -> Error {
     Error::Other(format!("demo: {e}"))
+}
+
+/// One `dpdk-node-agent simulate` process: `component` on `node`, as `account` in a pod on
+/// that node; its log is `<log_dir>/<node>.log`.
+fn spawn_simulated_node(
+    cp: &ControlPlane,
+    node_agent: &Path,
+    work_dir: &Path,
+    component: &str,
+    account: &str,
+    node: &str,
+    log_dir: &Path,
+) -> Result<Reaper> {
+    let kubeconfig = log_dir.join(format!("{node}.kubeconfig"));
+    cp.write_node_service_account_kubeconfig("dpdk-operator", account, node, &kubeconfig)?;
+    let log_path = log_dir.join(format!("{node}.log"));
+    let log = std::fs::File::create(&log_path).map_err(io_err_demo)?;
+    let mut cmd = Command::new(node_agent);
+    cmd.arg("simulate")
+        .arg(format!("--work-dir={}", work_dir.display()))
+        .arg(format!("--dpdk-pci-address={DPDK_PCI_ADDRESS}"))
+        .arg(format!("--node={node}"))
+        .arg(format!("--component={component}"))
+        .arg(format!(
+            "--kubelet-kubeconfig={}",
+            cp.kubeconfig_path().display()
+        ))
+        .env("KUBECONFIG", &kubeconfig)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(io_err_demo)?)
+        .stderr(log);
+    Reaper::spawn(cmd, CHILD_GRACE)
 }
 
 /// A workspace binary next to this one (same cargo target dir); built when missing.

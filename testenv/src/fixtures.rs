@@ -6,13 +6,16 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dpdk_bridge::api::{ENIAttachment, NodeENI, NodeENISpec, NodeENIStatus};
+use dpdk_bridge::api::{
+    DPDKNodeState, DPDKNodeStateSpec, ENIAttachment, NodeENI, NodeENISpec, NodeENIStatus,
+};
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde::Deserialize;
 
+use crate::control_plane::{ControlPlane, workspace_root};
 use crate::{Error, Result, io_err};
 
 const MANAGER: &str = "dpdk-testenv";
@@ -147,6 +150,14 @@ pub async fn create_nodeeni_with(
     edit: impl FnOnce(&mut NodeENISpec),
 ) -> Result<NodeENI> {
     let api: Api<NodeENI> = Api::all(client.clone());
+    let mut spec = nodeeni_spec(selector, device_index, subnets);
+    edit(&mut spec);
+    let eni = NodeENI::new(name, spec);
+    Ok(api.create(&PostParams::default(), &eni).await?)
+}
+
+/// The spec of a NodeENI as a platform team would declare it.
+fn nodeeni_spec(selector: &[(&str, &str)], device_index: i32, subnets: &[&str]) -> NodeENISpec {
     let mut spec = NodeENISpec {
         node_selector: selector
             .iter()
@@ -160,9 +171,77 @@ pub async fn create_nodeeni_with(
         [one] => spec.subnet_id = Some(one.to_string()),
         many => spec.subnet_ids = Some(many.iter().map(|s| s.to_string()).collect()),
     }
-    edit(&mut spec);
-    let eni = NodeENI::new(name, spec);
-    Ok(api.create(&PostParams::default(), &eni).await?)
+    spec
+}
+
+/// The node agent's ServiceAccount as the node-scope probe impersonates it: RBAC lets it do
+/// anything (system:masters), so only deploy/dpdk-node-policy.yaml can refuse it.
+const PROBE_USER: &str = "system:serviceaccount:dpdk-operator:dpdk-node-agent";
+
+/// Applies deploy/dpdk-node-policy.yaml (once per process, like
+/// [`ControlPlane::kubectl_apply_once`]) and waits until the API server enforces each of its
+/// policies: policies take effect asynchronously, and a test that ran before would prove
+/// nothing. The probe is a server-side dry-run create of a Node, a DPDKNodeState and a
+/// NodeENI by the node agent's user, without a node, which must be refused.
+pub async fn install_node_policy(cp: &ControlPlane) -> Result<()> {
+    cp.kubectl_apply_once(&workspace_root().join("deploy/dpdk-node-policy.yaml"))?;
+    let probe = cp
+        .client_as(PROBE_USER, &["system:masters", "system:authenticated"])
+        .await?;
+    let name = "dpdk-node-policy-probe";
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let outcomes = [
+            refused(
+                Api::<Node>::all(probe.clone())
+                    .create(
+                        &dry_run,
+                        &Node {
+                            metadata: ObjectMeta {
+                                name: Some(name.into()),
+                                ..Default::default()
+                            },
+                            ..Default::default()
+                        },
+                    )
+                    .await,
+            ),
+            refused(
+                Api::<DPDKNodeState>::all(probe.clone())
+                    .create(
+                        &dry_run,
+                        &DPDKNodeState::new(name, DPDKNodeStateSpec::default()),
+                    )
+                    .await,
+            ),
+            refused(
+                Api::<NodeENI>::all(probe.clone())
+                    .create(
+                        &dry_run,
+                        &NodeENI::new(name, nodeeni_spec(&[], 1, &["subnet-a"])),
+                    )
+                    .await,
+            ),
+        ];
+        if outcomes.iter().all(|r| *r) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Error::Other(format!(
+                "deploy/dpdk-node-policy.yaml not enforced after 30s (Node, DPDKNodeState, NodeENI refused: {outcomes:?})"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Whether a write was refused by the node-scope policy (403, no node association).
+fn refused<T>(r: kube::Result<T>) -> bool {
+    matches!(r, Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("no node association"))
 }
 
 /// An attachment as the Multi-ENI Controller records it.

@@ -1,7 +1,7 @@
 //! deploy/ on the real API server: the seed's three `kubectl apply -f` files install on an
-//! empty cluster, every object passes a server-side dry-run, the kustomization and the
-//! samples are accepted, and the RBAC is least privilege (checked with the API server's
-//! own authorizer through `kubectl auth can-i --as`).
+//! empty cluster and the node-scope policy after them, every object passes a server-side
+//! dry-run, the kustomization and the samples are accepted, and the RBAC is least privilege
+//! (checked with the API server's own authorizer through `kubectl auth can-i --as`).
 
 use std::path::PathBuf;
 use std::process::Output;
@@ -84,6 +84,32 @@ async fn deploy_installs_on_an_empty_cluster_and_rbac_is_least_privilege() {
             "--timeout=30s",
         ],
     );
+    // The node-scope policy: its own file, applied after the seed's three.
+    let policy = path("deploy/dpdk-node-policy.yaml");
+    ok(&cp, &["apply", "-f", &policy]);
+    let installed = ok(
+        &cp,
+        &[
+            "get",
+            "validatingadmissionpolicies,validatingadmissionpolicybindings",
+            "-l",
+            "app.kubernetes.io/part-of=dpdk-gitops",
+            "-o",
+            "name",
+        ],
+    );
+    for kind in [
+        "validatingadmissionpolicy",
+        "validatingadmissionpolicybinding",
+    ] {
+        for name in ["nodes", "dpdknodestates", "nodeenis"] {
+            let object = format!("{kind}.admissionregistration.k8s.io/dpdk-node-scope-{name}");
+            assert!(
+                installed.lines().any(|l| l == object),
+                "{object} missing:\n{installed}"
+            );
+        }
+    }
     // Everything again as a server-side dry-run: all objects, the kustomization, the samples.
     ok(
         &cp,
@@ -96,6 +122,8 @@ async fn deploy_installs_on_an_empty_cluster_and_rbac_is_least_privilege() {
             &operator,
             "-f",
             &controller,
+            "-f",
+            &policy,
         ],
     );
     ok(&cp, &["apply", "--dry-run=server", "-k", &path("deploy")]);
