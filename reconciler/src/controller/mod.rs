@@ -331,7 +331,7 @@ pub async fn run_on(
 
     tokio::select! {
         ok = caches.wait_until_ready() => if !ok {
-            return Err(Error::Controller("watch caches stopped before their first list".into()));
+            return Err(Error::CachesStopped);
         },
         _ = stop.cancelled() => return Ok(()),
     }
@@ -524,6 +524,7 @@ impl Reconciler {
 
         let mut succeeded: HashSet<(Kind, String)> = HashSet::new();
         let mut failures: Vec<String> = Vec::new();
+        let mut failure_kinds: Vec<crate::ErrorKind> = Vec::new();
         let mut written = 0;
         let mut replan = false;
         let mut i = 0;
@@ -534,7 +535,7 @@ impl Reconciler {
                 .position(|w| w.stage() != stage)
                 .map_or(writes.len(), |p| i + p);
             if !self.leading.load(Ordering::SeqCst) {
-                return Err(Error::Controller("lost leadership during a pass".into()));
+                return Err(Error::LostLeadership);
             }
             let batch = &writes[i..end];
             // At most `concurrency` write futures exist at once: built up front, a stage of
@@ -591,6 +592,7 @@ impl Reconciler {
                     Err(e) => {
                         self.metrics.count_write(kind_s, w.op(), "error");
                         tracing::warn!(kind = kind_s, name, op = w.op(), error = %e, "write failed");
+                        failure_kinds.push(crate::ErrorKind::of_kube(&e));
                         failures.push(format!("{kind_s} {name} ({}): {e}", w.op()));
                     }
                 }
@@ -610,7 +612,12 @@ impl Reconciler {
             if n > 3 {
                 msg.push_str(&format!("; and {} more", n - 3));
             }
-            return Err(Error::Controller(format!("{n} write(s) failed: {msg}")));
+            return Err(Error::WritesFailed {
+                count: n,
+                summary: msg,
+                kind: crate::ErrorKind::most_retryable(failure_kinds)
+                    .unwrap_or(crate::ErrorKind::Transient),
+            });
         }
         let mut requeue_after = planned.requeue_after;
         if replan {

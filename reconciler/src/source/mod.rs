@@ -40,16 +40,19 @@ use crate::manifest::Manifests;
 use crate::manifest::load::LoadOptions;
 
 pub mod auth;
-mod controller;
 pub mod git;
 pub mod plan;
+mod reconcile;
 pub mod spec;
 pub mod webhook;
 
-pub use controller::run_sources;
+pub use reconcile::run_sources;
 
-/// A DPDKConfigSource, by namespace and name.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A DPDKConfigSource, by namespace and name: the one key of a source for the source
+/// controller, its store, the webhook and the drift report (`ns/name` when shown).
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct SourceKey {
     pub namespace: String,
     pub name: String,
@@ -61,6 +64,12 @@ impl SourceKey {
             namespace: namespace.into(),
             name: name.into(),
         }
+    }
+
+    /// Parses `ns/name`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (ns, name) = s.split_once('/')?;
+        (!ns.is_empty() && !name.is_empty() && !name.contains('/')).then(|| Self::new(ns, name))
     }
 
     pub fn of(src: &DPDKConfigSource) -> Self {
@@ -281,6 +290,15 @@ pub struct SourceLabels {
     pub result: String,
 }
 
+/// Labels of `dpdk_source_reconcile_errors_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// `<namespace>/<name>`.
+    pub source: String,
+    /// The kind of failure ([`crate::ErrorKind::metric_label`]).
+    pub error: String,
+}
+
 /// Labels of `dpdk_source_revision_info`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RevisionLabels {
@@ -299,6 +317,8 @@ pub struct SourceMetrics {
     /// `dpdk_source_apply_results_total{source,result}`, result = applied, unchanged,
     /// pruned, skipped (foreign owner or relabelled), failed, invalid (a rejected revision).
     pub apply_results: Family<SourceLabels, Counter>,
+    /// `dpdk_source_reconcile_errors_total{source,error}`: failed passes by kind.
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
     last_revision: Arc<Mutex<HashMap<String, String>>>,
 }
 
@@ -311,6 +331,7 @@ impl SourceMetrics {
             }),
             revision_info: Family::default(),
             apply_results: Family::default(),
+            reconcile_errors: Family::default(),
             last_revision: Arc::default(),
         };
         let r = registry.sub_registry_with_prefix("dpdk_source");
@@ -329,19 +350,41 @@ impl SourceMetrics {
             "Objects applied, unchanged, pruned, skipped or failed",
             m.apply_results.clone(),
         );
+        r.register(
+            "reconcile_errors",
+            "Failed passes over a source, by kind of error",
+            m.reconcile_errors.clone(),
+        );
         m
     }
 
+    pub(crate) fn observe_fetch(&self, source: &str, ok: bool, took: Duration) {
+        self.fetch_duration
+            .get_or_create(&SourceLabels {
+                source: source.to_string(),
+                result: if ok { "success" } else { "error" }.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn count_error(&self, source: &str, error: &str) {
+        self.reconcile_errors
+            .get_or_create(&ErrorLabels {
+                source: source.to_string(),
+                error: error.to_string(),
+            })
+            .inc();
+    }
+
     pub(crate) fn set_revision(&self, source: &str, revision: &str) {
-        if let Ok(mut last) = self.last_revision.lock() {
-            if let Some(old) = last.insert(source.to_string(), revision.to_string())
-                && old != revision
-            {
-                self.revision_info.remove(&RevisionLabels {
-                    source: source.to_string(),
-                    revision: old,
-                });
-            }
+        if let Ok(mut last) = self.last_revision.lock()
+            && let Some(old) = last.insert(source.to_string(), revision.to_string())
+            && old != revision
+        {
+            self.revision_info.remove(&RevisionLabels {
+                source: source.to_string(),
+                revision: old,
+            });
         }
         self.revision_info
             .get_or_create(&RevisionLabels {
@@ -408,7 +451,7 @@ impl SourceController {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     ) {
-        controller::run(
+        reconcile::run(
             self.client,
             self.opts,
             self.store,

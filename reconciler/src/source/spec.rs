@@ -4,6 +4,22 @@ use std::time::Duration;
 
 use dpdk_bridge::api::GitRef;
 
+use crate::Error;
+
+fn invalid_ref(message: &str) -> Error {
+    Error::InvalidSpec {
+        field: "spec.ref",
+        message: message.to_string(),
+    }
+}
+
+fn invalid_url(message: String) -> Error {
+    Error::InvalidSpec {
+        field: "spec.url",
+        message,
+    }
+}
+
 /// Parses a Go-style duration (`30s`, `5m`, `1h30m`, `1.5h`, `500ms`).
 pub fn parse_interval(s: &str) -> Result<Duration, String> {
     let bad = || format!("invalid interval {s:?}: use a Go duration such as 30s, 5m or 1h");
@@ -50,7 +66,7 @@ pub enum RefSpec {
 
 impl RefSpec {
     /// Exactly one of branch, tag or commit (the CRD enforces this too).
-    pub fn from_git_ref(r: &GitRef) -> Result<RefSpec, String> {
+    pub fn from_git_ref(r: &GitRef) -> Result<RefSpec, Error> {
         let valid_name = |n: &str| {
             !n.is_empty()
                 && !n.starts_with('-')
@@ -65,8 +81,12 @@ impl RefSpec {
             (None, None, Some(c)) if c.len() == 40 && c.bytes().all(|b| b.is_ascii_hexdigit()) => {
                 Ok(RefSpec::Commit(c.to_ascii_lowercase()))
             }
-            (None, None, None) => Err("spec.ref must set one of branch, tag or commit".into()),
-            _ => Err("spec.ref must set exactly one valid branch, tag or 40-hex commit".into()),
+            (None, None, None) => Err(invalid_ref(
+                "spec.ref must set one of branch, tag or commit",
+            )),
+            _ => Err(invalid_ref(
+                "spec.ref must set exactly one valid branch, tag or 40-hex commit",
+            )),
         }
     }
 
@@ -121,7 +141,7 @@ pub struct Remote {
 }
 
 /// Parses `spec.url`: https://, ssh:// or file:// (the CRD admits only these).
-pub fn parse_url(url: &str) -> Result<Remote, String> {
+pub fn parse_url(url: &str) -> Result<Remote, Error> {
     let (transport, rest) = if let Some(r) = url.strip_prefix("https://") {
         (Transport::Https, r)
     } else if let Some(r) = url.strip_prefix("ssh://") {
@@ -134,9 +154,9 @@ pub fn parse_url(url: &str) -> Result<Remote, String> {
             path: r.to_string(),
         });
     } else {
-        return Err(format!(
+        return Err(invalid_url(format!(
             "unsupported URL {url:?}: use https://, ssh:// or file://"
-        ));
+        )));
     };
     let authority = rest.split('/').next().unwrap_or("");
     let hostport = authority
@@ -147,13 +167,13 @@ pub fn parse_url(url: &str) -> Result<Remote, String> {
         // [ipv6]:port
         let (h, p) = h
             .split_once(']')
-            .ok_or_else(|| format!("invalid host in {url:?}"))?;
+            .ok_or_else(|| invalid_url(format!("invalid host in {url:?}")))?;
         (
             h.to_string(),
             p.strip_prefix(':')
                 .map(str::parse::<u16>)
                 .transpose()
-                .map_err(|_| format!("invalid port in {url:?}"))?,
+                .map_err(|_| invalid_url(format!("invalid port in {url:?}")))?,
         )
     } else {
         match hostport.rsplit_once(':') {
@@ -161,14 +181,14 @@ pub fn parse_url(url: &str) -> Result<Remote, String> {
                 h.to_string(),
                 Some(
                     p.parse::<u16>()
-                        .map_err(|_| format!("invalid port in {url:?}"))?,
+                        .map_err(|_| invalid_url(format!("invalid port in {url:?}")))?,
                 ),
             ),
             None => (hostport.to_string(), None),
         }
     };
     if host.is_empty() {
-        return Err(format!("no host in {url:?}"));
+        return Err(invalid_url(format!("no host in {url:?}")));
     }
     let path = rest.get(authority.len()..).unwrap_or("").to_string();
     Ok(Remote {
