@@ -299,13 +299,34 @@ pub fn start_watches(
     }
 }
 
-/// Runs the controller on watches started by [`start_watches`] until `shutdown`.
+/// Runs the controller on watches started by [`start_watches`] until `shutdown`, with
+/// its own election (`opts.leader_election`).
 pub async fn run_on(
     client: Client,
     opts: Options,
     telemetry: Telemetry,
     watches: Watches,
     shutdown: CancellationToken,
+) -> Result<(), Error> {
+    // Child token: stopping the controller stops its election too.
+    let stop = shutdown.child_token();
+    let election = leader::Election::start(&client, opts.leader_election.clone(), stop.clone());
+    let leading = election.subscribe();
+    let result = run_led(client, opts, telemetry, watches, leading, stop.clone()).await;
+    stop.cancel();
+    election.finish().await;
+    result
+}
+
+/// Runs the controller on `watches` until `stop`, writing only while `leading` is true
+/// (an [`leader::Election`] shared with the Git source, in `dpdk-reconciler run`).
+pub async fn run_led(
+    client: Client,
+    opts: Options,
+    telemetry: Telemetry,
+    watches: Watches,
+    mut leading: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> Result<(), Error> {
     let Telemetry { metrics, health } = telemetry;
     let Watches {
@@ -314,20 +335,6 @@ pub async fn run_on(
         trigger,
     } = watches;
     health.register(HEALTH_CHECK);
-    // Child token: stopping the controller stops its election too.
-    let stop = shutdown.child_token();
-    // Without an election this replica always leads. The sender must outlive the loop:
-    // a dropped sender makes `changed()` return at once, and the loop below would spin.
-    let (_always_leading, mut leading, election) = match opts.leader_election.clone() {
-        Some(cfg) => {
-            let (rx, task) = leader::spawn(client.clone(), cfg, stop.clone());
-            (None, rx, Some(task))
-        }
-        None => {
-            let (tx, rx) = watch::channel(true);
-            (Some(tx), rx, None)
-        }
-    };
 
     tokio::select! {
         ok = caches.wait_until_ready() => if !ok {
@@ -452,11 +459,6 @@ pub async fn run_on(
     }
     metrics.leader.set(0);
     health.set_ready(HEALTH_CHECK, false, "stopped");
-    stop.cancel();
-    if let Some(task) = election {
-        // Wait for the Lease release so a successor can start at once.
-        let _ = task.await;
-    }
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use git2::{
 };
 
 use super::auth::{self, Credentials};
-use super::spec::{RefSpec, Transport, parse_url};
+use super::spec::{RefSpec, Transport, parse_url, redact, redact_url};
 use crate::Error;
 
 fn io_error(path: &Path, source: std::io::Error) -> Error {
@@ -45,6 +45,8 @@ pub fn fetch(
     cache_dir: &Path,
 ) -> Result<Fetched, Error> {
     let remote_info = parse_url(url)?;
+    // What messages show of the URL: never the credentials it may carry.
+    let shown = redact_url(url);
     std::fs::create_dir_all(cache_dir).map_err(|e| io_error(cache_dir, e))?;
     let repo_dir = cache_dir.join("repo.git");
     let repo = match Repository::open_bare(&repo_dir) {
@@ -152,7 +154,7 @@ pub fn fetch(
     }
     let mut remote = repo
         .remote_anonymous(url)
-        .map_err(|e| Error::Fetch(format!("remote {url}: {}", e.message())))?;
+        .map_err(|e| Error::Fetch(format!("remote {shown}: {}", redact(e.message(), url))))?;
     let specs = refspec.refspecs();
     let spec_refs: Vec<&str> = specs.iter().map(String::as_str).collect();
     remote.fetch(&spec_refs, Some(&mut fo), None).map_err(|e| {
@@ -161,7 +163,11 @@ pub fn fetch(
             .ok()
             .and_then(|r| r.clone())
             .unwrap_or_else(|| e.message().to_string());
-        Error::Fetch(format!("fetching {} from {url}: {why}", describe(refspec)))
+        let why = redact(&why, url);
+        Error::Fetch(format!(
+            "fetching {} from {shown}: {why}",
+            describe(refspec)
+        ))
     })?;
 
     let commit = match refspec {
@@ -169,7 +175,7 @@ pub fn fetch(
             let oid = git2::Oid::from_str(sha).map_err(|e| Error::Fetch(e.message().into()))?;
             repo.find_commit(oid).map_err(|_| {
                 Error::Fetch(format!(
-                    "commit {sha} is not reachable from any branch or tag of {url}"
+                    "commit {sha} is not reachable from any branch or tag of {shown}"
                 ))
             })?
         }
@@ -177,7 +183,7 @@ pub fn fetch(
             let local = refspec.local_ref().unwrap_or_default();
             let r = repo
                 .find_reference(&local)
-                .map_err(|_| Error::Fetch(format!("{} not found in {url}", describe(refspec))))?;
+                .map_err(|_| Error::Fetch(format!("{} not found in {shown}", describe(refspec))))?;
             r.peel_to_commit()
                 .map_err(|e| Error::Fetch(format!("{}: {}", describe(refspec), e.message())))?
         }

@@ -48,6 +48,9 @@ pub mod webhook;
 
 pub use reconcile::run_sources;
 
+/// The longest label value the API server accepts.
+const LABEL_VALUE_MAX: usize = 63;
+
 /// A DPDKConfigSource, by namespace and name: the one key of a source for the source
 /// controller, its store, the webhook and the drift report (`ns/name` when shown).
 #[derive(
@@ -79,9 +82,21 @@ impl SourceKey {
         )
     }
 
-    /// The value of the `dpdk.aws.k8s/source` label: `<namespace>.<name>`.
+    /// The value of the `dpdk.aws.k8s/source` label: `<namespace>.<name>`, or when that is
+    /// longer than a label value may be (63), its first 46 characters, `-` and 16 hex
+    /// digits of the SHA-256 of `<namespace>/<name>`.
     pub fn label_value(&self) -> String {
-        format!("{}.{}", self.namespace, self.name)
+        let plain = format!("{}.{}", self.namespace, self.name);
+        if plain.len() <= LABEL_VALUE_MAX {
+            return plain;
+        }
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.to_string().as_bytes());
+        let hash = hex::encode(&digest[..8]);
+        // Names are ASCII (DNS labels and subdomains); a label value must end alphanumeric.
+        let prefix = plain[..LABEL_VALUE_MAX - 1 - hash.len()]
+            .trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+        format!("{prefix}-{hash}")
     }
 }
 
@@ -221,6 +236,8 @@ impl Triggers {
 pub struct SourceOptions {
     /// Watch DPDKConfigSources in this namespace only (None: every namespace).
     pub namespace: Option<String>,
+    /// Accept `file://` URLs (tests, demos, a repository on a mounted volume).
+    pub allow_file_urls: bool,
     /// Where repositories are cached (one directory per source).
     pub cache_dir: PathBuf,
     /// Loader limits.
@@ -241,6 +258,7 @@ impl Default for SourceOptions {
     fn default() -> Self {
         SourceOptions {
             namespace: None,
+            allow_file_urls: false,
             cache_dir: std::env::temp_dir().join("dpdk-reconciler-sources"),
             load: LoadOptions::default(),
             fetch_timeout: Duration::from_secs(120),
@@ -262,9 +280,14 @@ pub struct SourceArgs {
         default_value = "/var/cache/dpdk-reconciler"
     )]
     pub source_cache_dir: PathBuf,
-    /// Watch DPDKConfigSources in this namespace only (default: every namespace).
+    /// Watch DPDKConfigSources in this namespace only; empty: every namespace (sources
+    /// write cluster-scoped DPDKConfigs, so widen it only for namespaces you trust).
+    #[arg(long, default_value = "dpdk-operator")]
+    pub source_namespace: String,
+    /// Accept `file://` source URLs (tests, demos, a repository on a mounted volume). Off:
+    /// a local path could read another source's cache or any file the reconciler can.
     #[arg(long)]
-    pub source_namespace: Option<String>,
+    pub allow_file_urls: bool,
     /// A Git fetch taking longer than this many seconds fails.
     #[arg(long, default_value_t = 120)]
     pub source_fetch_timeout_seconds: u64,
@@ -273,7 +296,8 @@ pub struct SourceArgs {
 impl SourceArgs {
     pub fn into_options(self) -> SourceOptions {
         SourceOptions {
-            namespace: self.source_namespace,
+            namespace: Some(self.source_namespace).filter(|ns| !ns.is_empty()),
+            allow_file_urls: self.allow_file_urls,
             cache_dir: self.source_cache_dir,
             fetch_timeout: Duration::from_secs(self.source_fetch_timeout_seconds.max(1)),
             ..SourceOptions::default()
@@ -415,6 +439,7 @@ pub struct SourceController {
     triggers: Triggers,
     rx: mpsc::UnboundedReceiver<ObjectRef<DPDKConfigSource>>,
     metrics: SourceMetrics,
+    leading: Option<watch::Receiver<bool>>,
 }
 
 impl SourceController {
@@ -428,7 +453,15 @@ impl SourceController {
             triggers,
             rx,
             metrics: SourceMetrics::register(registry),
+            leading: None,
         }
+    }
+
+    /// Works only while `leading` is true (the DPDK controller's Lease election): a
+    /// follower fetches, applies, prunes and writes nothing. Without it, it always works.
+    pub fn gated_by(mut self, leading: watch::Receiver<bool>) -> SourceController {
+        self.leading = Some(leading);
+        self
     }
 
     /// The latest good snapshot per source (for the drift engine).
@@ -451,15 +484,32 @@ impl SourceController {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     ) {
-        reconcile::run(
-            self.client,
-            self.opts,
-            self.store,
-            self.triggers,
-            self.rx,
-            self.metrics,
-            shutdown,
-        )
-        .await
+        reconcile::run(self, shutdown).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_source_label_is_hashed_when_too_long() {
+        let short = SourceKey::new("dpdk-operator", "production");
+        assert_eq!(short.label_value(), "dpdk-operator.production");
+        let long = SourceKey::new("dpdk-operator", "a".repeat(60));
+        let v = long.label_value();
+        assert_eq!(v.len(), LABEL_VALUE_MAX, "{v}");
+        assert!(v.starts_with("dpdk-operator.aaaa"), "{v}");
+        assert!(v.ends_with(|c: char| c.is_ascii_alphanumeric()), "{v}");
+        assert_ne!(
+            v,
+            SourceKey::new("dpdk-operator", "a".repeat(61)).label_value(),
+            "names that share the prefix differ by the hash"
+        );
+        // A cut at a dot or dash is trimmed, so the value stays a valid label value.
+        let dotted = SourceKey::new("ns", format!("{}.{}", "b".repeat(42), "c".repeat(30)));
+        let v = dotted.label_value();
+        assert!(v.contains("bbb-") && !v.contains(".-"), "{v}");
+        assert!(v.len() <= LABEL_VALUE_MAX);
     }
 }

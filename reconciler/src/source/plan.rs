@@ -315,9 +315,30 @@ pub struct WriteResults {
     pub failed: Vec<WriteFailure>,
 }
 
-/// The inventory after a revision: what this source now manages. Objects applied or
-/// unchanged, and prunes that failed (a later revision retries them). Objects managed
-/// before whose apply failed stay in it, so a later revision can still prune them.
+/// What to prune once the applies are done: the plan's prunes when every apply
+/// succeeded, else nothing (apply, then prune: a rename whose new object is refused must
+/// not delete the old one).
+pub fn to_prune_after<'a>(plan: &'a SourcePlan, applied: &WriteResults) -> &'a [String] {
+    if applied.failed.is_empty() {
+        &plan.prune
+    } else {
+        &[]
+    }
+}
+
+/// The prunes [`to_prune_after`] held back.
+pub fn prune_withheld(plan: &SourcePlan, applied: &WriteResults) -> Vec<String> {
+    if applied.failed.is_empty() {
+        Vec::new()
+    } else {
+        plan.prune.clone()
+    }
+}
+
+/// The inventory after a revision: what this source now manages. When every apply
+/// succeeded: the objects applied or unchanged, and prunes that failed (a later revision
+/// retries them). When an apply failed: the previous inventory (nothing was pruned, and
+/// an object whose apply failed may still be ours) plus what was applied or unchanged.
 pub fn next_inventory(
     old: &[InventoryEntry],
     plan: &SourcePlan,
@@ -327,11 +348,8 @@ pub fn next_inventory(
     let mut names: BTreeSet<&str> = applied.done.iter().map(String::as_str).collect();
     names.extend(plan.unchanged.iter().map(String::as_str));
     names.extend(pruned.failed.iter().map(|f| f.name.as_str()));
-    let any_failed = !applied.failed.is_empty() || !pruned.failed.is_empty();
-    for e in old {
-        if any_failed && plan.apply.iter().any(|(n, _)| n == &e.name) {
-            names.insert(e.name.as_str());
-        }
+    if !applied.failed.is_empty() {
+        names.extend(old.iter().map(|e| e.name.as_str()));
     }
     names.into_iter().map(inventory_entry).collect()
 }
@@ -345,6 +363,8 @@ pub struct AppliedRevision {
     pub applied: WriteResults,
     pub unchanged: usize,
     pub pruned: WriteResults,
+    /// Prunes held back because an apply failed.
+    pub prune_withheld: Vec<String>,
     pub untouched: Vec<Untouched>,
     pub inventory: Vec<InventoryEntry>,
 }
@@ -447,11 +467,18 @@ pub fn applied_message(a: &AppliedRevision) -> String {
         )
     } else {
         let failures: Vec<&str> = a.failures().map(|f| f.message.as_str()).collect();
-        format!(
+        let mut m = format!(
             "Applying revision {} failed: {}",
             a.revision,
             failures.join("; ")
-        )
+        );
+        if !a.prune_withheld.is_empty() {
+            m.push_str(&format!(
+                "; not pruned while an apply fails: {}",
+                a.prune_withheld.join(", ")
+            ));
+        }
+        m
     };
     if !a.untouched.is_empty() {
         let list: Vec<String> = a
@@ -801,18 +828,35 @@ mod tests {
         // Everything succeeded: applied and unchanged, not the pruned.
         let inv = next_inventory(&old, &plan, &done(&["a", "b"]), &done(&["p", "q"]));
         assert_eq!(inventory_names(&inv), vec!["a", "b", "u"]);
-        // A failed prune stays, to be retried; b, managed before, stays though its
-        // apply failed.
-        let applied = WriteResults {
-            done: vec!["a".into()],
-            failed: vec![failure("b", ErrorKind::InvalidInput)],
-        };
+        // A failed prune stays in it, to be retried.
         let pruned = WriteResults {
             done: vec!["p".into()],
             failed: vec![failure("q", ErrorKind::Conflict)],
         };
-        let inv = next_inventory(&old, &plan, &applied, &pruned);
+        let inv = next_inventory(&old, &plan, &done(&["a", "b"]), &pruned);
         assert_eq!(inventory_names(&inv), vec!["a", "b", "q", "u"]);
+    }
+
+    #[test]
+    fn a_failed_apply_prunes_nothing_and_keeps_the_previous_inventory() {
+        let plan = SourcePlan {
+            apply: vec![("a".into(), json!({})), ("b".into(), json!({}))],
+            unchanged: vec!["u".into()],
+            prune: vec!["p".into()],
+            untouched: Vec::new(),
+        };
+        let old: Vec<_> = ["u", "p"].iter().map(|n| inventory_entry(n)).collect();
+        let applied = WriteResults {
+            done: vec!["a".into()],
+            failed: vec![failure("b", ErrorKind::InvalidInput)],
+        };
+        assert!(to_prune_after(&plan, &applied).is_empty());
+        assert_eq!(prune_withheld(&plan, &applied), vec!["p"]);
+        let inv = next_inventory(&old, &plan, &applied, &WriteResults::default());
+        assert_eq!(inventory_names(&inv), vec!["a", "p", "u"]);
+        // Every apply succeeded: the plan's prunes go ahead.
+        assert_eq!(to_prune_after(&plan, &done(&["a", "b"])), ["p".to_string()]);
+        assert!(prune_withheld(&plan, &done(&["a", "b"])).is_empty());
     }
 
     fn applied_revision(applied: WriteResults, pruned: WriteResults) -> AppliedRevision {
@@ -822,6 +866,7 @@ mod tests {
             applied,
             unchanged: 1,
             pruned,
+            prune_withheld: Vec::new(),
             untouched: vec![Untouched {
                 name: "argo".into(),
                 owned_by: Some(OwnedBy::ArgoCd),
@@ -876,14 +921,15 @@ mod tests {
             done: vec!["a".into()],
             failed: vec![failure("b", ErrorKind::InvalidInput)],
         };
-        let a = applied_revision(applied, WriteResults::default());
-        let attempt = Attempt::Applied(a.clone());
+        let mut a = applied_revision(applied, WriteResults::default());
+        a.prune_withheld = vec!["old".into()];
+        let attempt = Attempt::Applied(a);
         record_status(&mut st, &attempt, &stamp_at(&now));
         let (status, reason, message) = condition(&st, "Stalled");
         assert_eq!((status.as_str(), reason.as_str()), ("True", "ApplyFailed"));
         assert_eq!(
             message,
-            "Applying revision main@sha1:2 failed: DPDKConfig b: refused; left alone: argo (ownedBy: argocd)"
+            "Applying revision main@sha1:2 failed: DPDKConfig b: refused; not pruned while an apply fails: old; left alone: argo (ownedBy: argocd)"
         );
         assert_eq!(st.last_applied_revision.as_deref(), Some("main@sha1:1"));
         assert_eq!(st.last_attempted_revision.as_deref(), Some("main@sha1:2"));

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use dpdk_bridge::api::{DPDKConfig, DPDKConfigSource, DPDKConfigSourceStatus, SourceMode};
 use dpdk_bridge::labels;
+use futures::FutureExt;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -24,7 +25,7 @@ use kube::{Api, Client, Resource};
 use notify::Watcher;
 use rand::Rng;
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::auth::Credentials;
@@ -33,7 +34,9 @@ use super::plan::{
     self, AppliedRevision, Attempt, LiveObject, PlanInput, SourcePlan, StatusStamp, WriteFailure,
     WriteResults,
 };
-use super::spec::{RefSpec, Transport, parse_interval, parse_url};
+use super::spec::{
+    RefSpec, Transport, check_interval, check_url, parse_interval, parse_url, redact_url,
+};
 use super::{
     SourceKey, SourceMetrics, SourceOptions, SourceSnapshot, SourceStore, TriggerReason, Triggers,
 };
@@ -61,6 +64,9 @@ struct SourceReconciler {
     state: Mutex<HashMap<SourceKey, RunState>>,
     watchers: Mutex<HashMap<SourceKey, (PathBuf, notify::RecommendedWatcher)>>,
     sources: Mutex<Option<Store<DPDKConfigSource>>>,
+    /// True while this replica holds the Lease (always, when not gated).
+    leading: watch::Receiver<bool>,
+    _always_leading: Option<watch::Sender<bool>>,
 }
 
 /// Runs the source controller (without the webhook route) until `shutdown` completes:
@@ -77,17 +83,25 @@ pub async fn run_sources(
 }
 
 pub(super) async fn run(
-    client: Client,
-    opts: SourceOptions,
-    store: SourceStore,
-    triggers: Triggers,
-    rx: mpsc::UnboundedReceiver<ObjectRef<DPDKConfigSource>>,
-    metrics: SourceMetrics,
+    controller: super::SourceController,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let api: Api<DPDKConfigSource> = match &opts.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+    let super::SourceController {
+        client,
+        opts,
+        store,
+        triggers,
+        rx,
+        metrics,
+        leading,
+    } = controller;
+    // Ungated: always leading (the sender lives as long as the reconciler).
+    let (always, leading) = match leading {
+        Some(rx) => (None, rx),
+        None => {
+            let (tx, rx) = watch::channel(true);
+            (Some(tx), rx)
+        }
     };
     let ctx = Arc::new(SourceReconciler {
         client,
@@ -98,17 +112,58 @@ pub(super) async fn run(
         state: Mutex::default(),
         watchers: Mutex::default(),
         sources: Mutex::default(),
+        leading: leading.clone(),
+        _always_leading: always,
     });
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let shutdown = shutdown.shared();
+    let mut leading = leading;
+    loop {
+        // Follow until this replica leads.
+        tokio::select! {
+            _ = shutdown.clone() => break,
+            r = leading.wait_for(|l| *l) => if r.is_err() { break },
+        }
+        info!("leading: the source controller starts");
+        let mut watch_lost = leading.clone();
+        let lost = async move {
+            let _ = watch_lost.wait_for(|l| !*l).await;
+        };
+        let stop = futures::future::select(shutdown.clone(), Box::pin(lost)).map(|_| ());
+        run_term(&ctx, rx.clone(), stop).await;
+        // Followers keep nothing: a new term fetches and plans afresh.
+        if let Ok(mut st) = ctx.state.lock() {
+            st.clear();
+        }
+        if let Ok(mut w) = ctx.watchers.lock() {
+            w.clear();
+        }
+        if shutdown.peek().is_some() {
+            break;
+        }
+        info!("not leading: the source controller stops");
+    }
+}
+
+/// The kube controller over every DPDKConfigSource, for one term of leadership.
+async fn run_term(
+    ctx: &Arc<SourceReconciler>,
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<ObjectRef<DPDKConfigSource>>>>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api: Api<DPDKConfigSource> = match &ctx.opts.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
     // kube's per-object `reconcile_on` is unstable; wake every source instead: the one
     // asked for is marked forced, the others find they are not due and go back to sleep.
-    let trigger_stream =
-        futures::stream::unfold(
-            rx,
-            |mut rx| async move { rx.recv().await.map(|_| ((), rx)) },
-        );
+    let trigger_stream = futures::stream::unfold(rx, |rx| async move {
+        let got = rx.lock().await.recv().await;
+        got.map(|_| ((), rx))
+    });
     let controller = Controller::new(api, watcher::Config::default())
         .reconcile_all_on(trigger_stream)
-        .graceful_shutdown_on(shutdown);
+        .graceful_shutdown_on(stop);
     if let Ok(mut s) = ctx.sources.lock() {
         *s = Some(controller.store());
     }
@@ -120,10 +175,6 @@ pub(super) async fn run(
             }
         })
         .await;
-    // Stop the file watchers.
-    if let Ok(mut w) = ctx.watchers.lock() {
-        w.clear();
-    }
 }
 
 /// How a failure of each kind is retried.
@@ -232,9 +283,17 @@ impl SourceReconciler {
         }
     }
 
-    /// Whether to run a pass now: not for a deleted or suspended source, nor for one
+    fn is_leading(&self) -> bool {
+        *self.leading.borrow()
+    }
+
+    /// Whether to run a pass now: not on a follower, not for a deleted or suspended
+    /// source, nor for one
     /// woken (by our own status write, say) before it is due, unless asked or changed.
     fn begin(&self, src: &DPDKConfigSource, key: &SourceKey) -> Begin {
+        if !self.is_leading() {
+            return Begin::Idle(Action::await_change());
+        }
         self.gc();
         if src.meta().deletion_timestamp.is_some() {
             return Begin::Idle(Action::await_change());
@@ -330,6 +389,10 @@ async fn reconcile_inner(
         Begin::Run(pass) => pass,
     };
     let attempt = sync(&ctx, &src, &key).await.unwrap_or_else(|f| f);
+    if !ctx.is_leading() {
+        // Lost the Lease during the pass: the new leader records its own.
+        return Ok(Action::await_change());
+    }
     record_metrics(&ctx.metrics, &key, &attempt);
     let stamp = StatusStamp {
         generation: pass.generation,
@@ -359,7 +422,7 @@ async fn sync(
         let revision = revision.map(str::to_string);
         move |error: Error| Attempt::Failed { revision, error }
     };
-    let refspec = check_spec(src).map_err(failed(None))?;
+    let refspec = check_spec(src, ctx.opts.allow_file_urls).map_err(failed(None))?;
     let fetched = fetch(ctx, src, key, &refspec).await.map_err(failed(None))?;
     let manifests = load(ctx, src, &fetched)
         .await
@@ -392,8 +455,11 @@ async fn sync(
     for u in &plan.untouched {
         info!(object = %u.name, owned_by = ?u.owned_by, "left alone: {}", u.reason);
     }
+    if !ctx.is_leading() {
+        return Err(failed(Some(&fetched.revision))(Error::LostLeadership));
+    }
     let applied = apply(ctx, &plan).await;
-    let pruned = prune(&ctx.client, &plan.prune, &live).await;
+    let pruned = prune(&ctx.client, plan::to_prune_after(&plan, &applied), &live).await;
     ctx.store.publish(snapshot(
         src,
         key,
@@ -405,6 +471,7 @@ async fn sync(
         revision: fetched.revision.clone(),
         objects: manifests.objects.len(),
         inventory: plan::next_inventory(&old_inventory, &plan, &applied, &pruned),
+        prune_withheld: plan::prune_withheld(&plan, &applied),
         unchanged: plan.unchanged.len(),
         untouched: plan.untouched,
         applied,
@@ -412,12 +479,11 @@ async fn sync(
     }))
 }
 
-/// Check the spec: the ref to fetch (the interval is checked by [`parse_interval`]).
-fn check_spec(src: &DPDKConfigSource) -> Result<RefSpec, Error> {
-    parse_interval(&src.spec.interval).map_err(|message| Error::InvalidSpec {
-        field: "spec.interval",
-        message,
-    })?;
+/// Check the spec: the interval (at least [`MIN_INTERVAL`](super::spec::MIN_INTERVAL)),
+/// the URL (`file://` only with `--allow-file-urls`) and the ref to fetch.
+fn check_spec(src: &DPDKConfigSource, allow_file_urls: bool) -> Result<RefSpec, Error> {
+    check_interval(&src.spec.interval)?;
+    check_url(&src.spec.url, allow_file_urls)?;
     RefSpec::from_git_ref(&src.spec.git_ref)
 }
 
@@ -486,7 +552,7 @@ fn snapshot(
 ) -> SourceSnapshot {
     SourceSnapshot {
         key: key.clone(),
-        url: src.spec.url.clone(),
+        url: redact_url(&src.spec.url),
         path: normalize_repo_path(&src.spec.path).unwrap_or_default(),
         mode: src.spec.mode,
         ignore_differences: src.spec.ignore_differences.clone(),

@@ -56,6 +56,58 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(total))
 }
 
+/// The shortest `spec.interval` accepted: polling faster only loads the Git server (use a
+/// webhook to fetch at once).
+pub const MIN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// `spec.interval`, parsed and at least [`MIN_INTERVAL`].
+pub fn check_interval(s: &str) -> Result<Duration, Error> {
+    let invalid = |message: String| Error::InvalidSpec {
+        field: "spec.interval",
+        message,
+    };
+    let d = parse_interval(s).map_err(|e| invalid(format!("spec.interval: {e}")))?;
+    if d < MIN_INTERVAL {
+        return Err(invalid(format!(
+            "spec.interval {s} is below the minimum of {}s; use a webhook to fetch at once",
+            MIN_INTERVAL.as_secs()
+        )));
+    }
+    Ok(d)
+}
+
+/// The user-info of `url` that must never be shown: any for https (a token may be the
+/// user name), a `user:password` for other transports (`ssh://git@host` shows `git`).
+fn url_secret(url: &str) -> Option<&str> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next().unwrap_or("");
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    (!userinfo.is_empty() && (scheme == "https" || userinfo.contains(':'))).then_some(userinfo)
+}
+
+/// `url` as messages and logs show it: `https://user:pass@host/r` → `https://***@host/r`.
+pub fn redact_url(url: &str) -> String {
+    match url_secret(url) {
+        Some(secret) => url.replacen(&format!("{secret}@"), "***@", 1),
+        None => url.to_string(),
+    }
+}
+
+/// `text` (an error from libgit2, say) without the credentials of `url`: the user-info,
+/// and its user and password alone, become `***`.
+pub fn redact(text: &str, url: &str) -> String {
+    let Some(secret) = url_secret(url) else {
+        return text.to_string();
+    };
+    let mut out = text.replace(url, &redact_url(url));
+    let mut parts: Vec<&str> = vec![secret];
+    parts.extend(secret.split(':').filter(|p| p.len() >= 3));
+    for p in parts {
+        out = out.replace(p, "***");
+    }
+    out
+}
+
 /// A branch, tag or commit to fetch.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum RefSpec {
@@ -199,6 +251,18 @@ pub fn parse_url(url: &str) -> Result<Remote, Error> {
     })
 }
 
+/// `spec.url`, parsed; `file://` only when `allow_file` (`--allow-file-urls`): a local
+/// path can read another source's cache or any file the reconciler can.
+pub fn check_url(url: &str, allow_file: bool) -> Result<Remote, Error> {
+    let remote = parse_url(url)?;
+    if remote.transport == Transport::File && !allow_file {
+        return Err(invalid_url(format!(
+            "spec.url {url}: file:// URLs are refused; start dpdk-reconciler run with --allow-file-urls to allow them"
+        )));
+    }
+    Ok(remote)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,5 +333,48 @@ mod tests {
             (Transport::File, "/tmp/repo")
         );
         assert!(parse_url("git@github.com:org/repo").is_err());
+    }
+
+    #[test]
+    fn intervals_have_a_minimum() {
+        assert_eq!(check_interval("10s").ok(), Some(Duration::from_secs(10)));
+        let e = check_interval("500ms").expect_err("below the minimum");
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidSpec);
+        assert_eq!(
+            e.to_string(),
+            "spec.interval 500ms is below the minimum of 10s; use a webhook to fetch at once"
+        );
+        let e = check_interval("5").expect_err("bare number");
+        assert!(e.to_string().starts_with("spec.interval: "), "{e}");
+    }
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        let url = "https://deploy:s3cret@git.example.com:8443/org/repo";
+        assert_eq!(redact_url(url), "https://***@git.example.com:8443/org/repo");
+        assert_eq!(
+            redact_url("https://ghp_token@github.com/o/r"),
+            "https://***@github.com/o/r"
+        );
+        assert_eq!(
+            redact_url("ssh://git@127.0.0.1:2222/r"),
+            "ssh://git@127.0.0.1:2222/r"
+        );
+        assert_eq!(redact_url("ssh://u:pw@h/r"), "ssh://***@h/r");
+        assert_eq!(redact_url("file:///tmp/r"), "file:///tmp/r");
+        let msg = format!("remote {url}: unexpected status for user deploy with s3cret");
+        assert_eq!(
+            redact(&msg, url),
+            "remote https://***@git.example.com:8443/org/repo: unexpected status for user *** with ***"
+        );
+    }
+
+    #[test]
+    fn file_urls_need_the_flag() {
+        let e = check_url("file:///srv/repo", false).expect_err("refused");
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidSpec);
+        assert!(e.to_string().contains("--allow-file-urls"), "{e}");
+        assert!(check_url("file:///srv/repo", true).is_ok());
+        assert!(check_url("https://h/r", false).is_ok());
     }
 }
