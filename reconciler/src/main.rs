@@ -87,12 +87,21 @@ async fn run(args: RunArgs) -> Result<(), dpdk_reconciler::Error> {
     });
     let mut registry = metrics::Registry::default();
     let controller_metrics = Arc::new(metrics::ControllerMetrics::register(&mut registry));
+    // One Lease election for every writer: the DPDK controller and the Git source work
+    // only on the leader.
+    let election_stop = shutdown.child_token();
+    let election = controller::leader::Election::start(
+        &client,
+        opts.leader_election.clone(),
+        election_stop.clone(),
+    );
     // The Git source (DPDKConfigSource): its webhook route joins the HTTP server.
     let sources = dpdk_reconciler::source::SourceController::new(
         client.clone(),
         args.sources.into_options(),
         &mut registry,
-    );
+    )
+    .gated_by(election.subscribe());
     let source_routes = sources.webhook_routes();
     // Drift (read-only): recomputed on watch events and new source revisions; /drift* routes.
     let drift = dpdk_reconciler::drift::runtime::DriftState::new();
@@ -156,10 +165,21 @@ async fn run(args: RunArgs) -> Result<(), dpdk_reconciler::Error> {
             shutdown.clone(),
         ))
     };
-    let result = controller::run_on(client, opts, telemetry, watches, shutdown.clone()).await;
+    let result = controller::run_led(
+        client,
+        opts,
+        telemetry,
+        watches,
+        election.subscribe(),
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     let _ = source_task.await;
     let _ = drift_task.await;
+    // Both writers stopped: release the Lease so a successor can start at once.
+    election_stop.cancel();
+    election.finish().await;
     match http.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server"),
         Err(e) => tracing::warn!(error = %e, "HTTP server task"),

@@ -193,6 +193,7 @@ async fn the_run_binary_serves_drift() {
         "--http-addr",
         &format!("127.0.0.1:{port}"),
         "--no-leader-election",
+        "--allow-file-urls",
         "--source-namespace",
         &ns,
     ])
@@ -293,6 +294,7 @@ async fn run_without_drift_serves_no_drift_endpoints() {
         "--http-addr",
         &format!("127.0.0.1:{port}"),
         "--no-leader-election",
+        "--allow-file-urls",
         "--source-namespace",
         "no-such-namespace",
     ])

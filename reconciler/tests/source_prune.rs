@@ -290,3 +290,204 @@ async fn removing_every_file_prunes_everything_and_empties_the_inventory() {
     assert!(st.inventory.is_empty(), "{st:#?}");
     assert!(h.configs().get_opt(&a).await.expect("get").is_none());
 }
+
+/// A ValidatingAdmissionPolicy (and its binding) that refuses the DPDKConfig `refused`:
+/// a site policy offline validation cannot know. Removed on drop.
+struct RefusingPolicy {
+    api: kube::Api<kube::api::DynamicObject>,
+    binding_api: kube::Api<kube::api::DynamicObject>,
+    name: String,
+}
+
+impl RefusingPolicy {
+    async fn install(client: &kube::Client, refused: &str) -> RefusingPolicy {
+        use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+        let gvk = |kind| GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", kind);
+        let api = kube::Api::<DynamicObject>::all_with(
+            client.clone(),
+            &ApiResource::from_gvk_with_plural(
+                &gvk("ValidatingAdmissionPolicy"),
+                "validatingadmissionpolicies",
+            ),
+        );
+        let binding_api = kube::Api::<DynamicObject>::all_with(
+            client.clone(),
+            &ApiResource::from_gvk_with_plural(
+                &gvk("ValidatingAdmissionPolicyBinding"),
+                "validatingadmissionpolicybindings",
+            ),
+        );
+        let name = unique_name("refuse");
+        let policy: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [{
+                    "apiGroups": ["networking.k8s.aws"], "apiVersions": ["*"],
+                    "operations": ["CREATE", "UPDATE"], "resources": ["dpdkconfigs"]
+                }]},
+                "validations": [{
+                    "expression": format!("object.metadata.name != '{refused}'"),
+                    "message": format!("site policy: {refused} is not allowed here"),
+                }]
+            }
+        }))
+        .expect("policy");
+        let binding: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": name},
+            "spec": {"policyName": name, "validationActions": ["Deny"]}
+        }))
+        .expect("binding");
+        api.create(&PostParams::default(), &policy)
+            .await
+            .expect("create policy");
+        binding_api
+            .create(&PostParams::default(), &binding)
+            .await
+            .expect("create binding");
+        RefusingPolicy {
+            api,
+            binding_api,
+            name,
+        }
+    }
+}
+
+impl Drop for RefusingPolicy {
+    fn drop(&mut self) {
+        let (api, binding_api, name) = (
+            self.api.clone(),
+            self.binding_api.clone(),
+            self.name.clone(),
+        );
+        tokio::spawn(async move {
+            let _ = binding_api.delete(&name, &Default::default()).await;
+            let _ = api.delete(&name, &Default::default()).await;
+        });
+    }
+}
+
+/// Waits until the API server enforces the policy (its policy cache syncs in the
+/// background): a dry-run create of `refused` is denied.
+async fn wait_refused(h: &Harness, refused: &str) {
+    let obj: DPDKConfig = serde_json::from_value(config_json(refused, 2)).expect("cfg");
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match h.configs().create(&dry, &obj).await {
+            Err(e) if e.to_string().contains("site policy") => return,
+            r => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the policy is not enforced: {r:?}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_rename_whose_new_object_is_refused_prunes_nothing_and_names_it() {
+    let h = Harness::start("rename").await;
+    let repo = WorkRepo::new().expect("repo");
+    let a = unique_name("rename-a");
+    let b = unique_name("rename-b");
+    repo.write(&format!("prod/{a}.yaml"), &config_yaml(&a, 1))
+        .expect("write");
+    let first = repo.commit("a").expect("commit");
+    let src = unique_name("rename");
+    h.source(&src, json!({"url": repo.file_url(), "ref": {"branch": "main"}, "path": "prod", "interval": "1h"})).await;
+    h.wait_applied(&src, &first).await;
+    let before = source_support::snapshot(&h.client, std::slice::from_ref(&a)).await;
+
+    // The cluster refuses b (offline validation accepts it: `validate` passes).
+    let _policy = RefusingPolicy::install(&h.client, &b).await;
+    wait_refused(&h, &b).await;
+
+    // Rename a → b in Git.
+    repo.remove(&format!("prod/{a}.yaml")).expect("rm");
+    repo.write(&format!("prod/{b}.yaml"), &config_yaml(&b, 1))
+        .expect("write");
+    let second = repo.commit("rename a to b").expect("commit");
+    let st = h.wait_attempted(&src, &second).await;
+
+    assert_eq!(
+        source_support::snapshot(&h.client, std::slice::from_ref(&a)).await,
+        before,
+        "a survives untouched"
+    );
+    assert!(h.configs().get_opt(&b).await.expect("get").is_none());
+    let stalled = dpdk_bridge::conditions::find(&st.conditions, "Stalled").expect("stalled");
+    assert_eq!(stalled.reason, "ApplyFailed", "{}", stalled.message);
+    assert!(
+        stalled.message.contains(&format!("DPDKConfig {b}:"))
+            && stalled.message.contains("site policy"),
+        "the status names the object that failed and why: {}",
+        stalled.message
+    );
+    assert!(
+        stalled
+            .message
+            .contains(&format!("not pruned while an apply fails: {a}")),
+        "{}",
+        stalled.message
+    );
+    assert_eq!(
+        st.last_applied_revision,
+        Some(format!("main@sha1:{first}")),
+        "the last good revision stays"
+    );
+    assert_eq!(
+        st.inventory
+            .iter()
+            .map(|e| e.name.clone())
+            .collect::<Vec<_>>(),
+        vec![a.clone()],
+        "the previous inventory is kept"
+    );
+}
+
+#[tokio::test]
+async fn a_long_source_name_gets_a_hashed_label_within_63_characters() {
+    let h = Harness::start("label").await;
+    let repo = WorkRepo::new().expect("repo");
+    let a = unique_name("label-a");
+    repo.write(&format!("{a}.yaml"), &config_yaml(&a, 1))
+        .expect("write");
+    let first = repo.commit("a").expect("commit");
+    // `<namespace>.<name>` is far over 63 characters.
+    let src = format!("{}-{}", unique_name("label"), "x".repeat(60));
+    h.source(
+        &src,
+        json!({"url": repo.file_url(), "ref": {"branch": "main"}, "interval": "1h"}),
+    )
+    .await;
+    h.wait_applied(&src, &first).await;
+    let cfg = h.configs().get(&a).await.expect("applied");
+    let label = cfg
+        .metadata
+        .labels
+        .unwrap_or_default()
+        .get(labels::SOURCE_LABEL)
+        .cloned()
+        .expect("source label");
+    assert!(label.len() <= 63, "{label}");
+    assert!(
+        label.starts_with(&format!("{}.label-", h.ns)),
+        "readable prefix: {label}"
+    );
+    assert_eq!(
+        label,
+        dpdk_reconciler::source::SourceKey::new(&h.ns, &src).label_value()
+    );
+    // Pruning recognizes the hashed label as this source's.
+    repo.remove(&format!("{a}.yaml")).expect("rm");
+    let second = repo.commit("none").expect("commit");
+    let st = h.wait_applied(&src, &second).await;
+    assert!(st.inventory.is_empty(), "{st:#?}");
+    assert!(h.configs().get_opt(&a).await.expect("get").is_none());
+}

@@ -44,6 +44,7 @@ async fn the_run_binary_applies_sources_and_serves_their_webhooks() {
         "--http-addr",
         &format!("127.0.0.1:{port}"),
         "--no-leader-election",
+        "--allow-file-urls",
         "--source-namespace",
         &ns,
     ])

@@ -341,3 +341,109 @@ async fn file_url_branch_tag_and_commit_and_local_commits_apply_at_once() {
         "{metrics}"
     );
 }
+
+/// Credentials written into the URL (`https://user:password@host/...`) work, and never
+/// show: not in the status, not in the logs of `dpdk-reconciler run` (at debug level for
+/// the reconciler), not in its metrics. The source controller publishes no Events.
+#[tokio::test]
+async fn credentials_in_the_url_never_appear_in_status_or_logs() {
+    use std::process::{Command, Stdio};
+    // The harness's own controller watches a namespace with no sources: the binary below
+    // is the one that works on this test's namespace.
+    let h = Harness::start_with("src-urlcreds", |o| {
+        o.namespace = Some(unique_name("elsewhere"))
+    })
+    .await;
+    let root = tempfile::tempdir().expect("root");
+    let repo = WorkRepo::init(&root.path().join("configs")).expect("repo");
+    let name = unique_name("urlcreds-cfg");
+    repo.write(&format!("{name}.yaml"), &config_yaml(&name, 2))
+        .expect("write");
+    let sha = repo.commit("first").expect("commit");
+    let (user, password) = ("deploy-user-in-url", "p4ss-in-url-Zq9");
+    let server = HttpsGitServer::start(
+        root.path(),
+        HttpAuth::Basic {
+            username: user.into(),
+            password: password.into(),
+        },
+    )
+    .await
+    .expect("https server");
+    h.secret("ca-only", &[("ca.crt", server.ca_pem.as_bytes())])
+        .await;
+    let url = server
+        .url("configs")
+        .replacen("https://", &format!("https://{user}:{password}@"), 1);
+
+    // The real binary, so its logs can be read. Without leader election: it alone writes
+    // here.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let cache = tempfile::tempdir().expect("cache");
+    let log_path = cache.path().join("reconciler.log");
+    let cp = dpdk_testenv::shared();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dpdk-reconciler"));
+    cmd.args([
+        "run",
+        "--no-drift",
+        "--no-leader-election",
+        &format!("--http-addr=127.0.0.1:{port}"),
+        &format!("--source-namespace={}", h.ns),
+    ])
+    .arg(format!(
+        "--source-cache-dir={}",
+        cache.path().join("c").display()
+    ))
+    .env("KUBECONFIG", cp.kubeconfig_path())
+    .env("RUST_LOG", "info,dpdk_reconciler=debug")
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log_path).expect("log"));
+    let _run = dpdk_testenv::Reaper::spawn(cmd, std::time::Duration::ZERO).expect("run");
+
+    let src = unique_name("urlcreds");
+    h.source(&src, json!({"url": url, "ref": {"branch": "main"}, "interval": "1h", "secretRef": {"name": "ca-only"}})).await;
+    // They work: the server took them.
+    h.wait_applied(&src, &sha).await;
+    // A failing fetch puts the URL into the message: redacted.
+    h.sources()
+        .patch(
+            &src,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"ref": {"branch": "no-such-branch"}}})),
+        )
+        .await
+        .expect("patch");
+    let st = h
+        .wait_status(&src, 60, |s| {
+            stalled_reason(s).is_some_and(|(r, _)| r == "FetchFailed")
+        })
+        .await;
+    let (_, msg) = stalled_reason(&st).expect("stalled");
+    assert!(
+        msg.contains(&format!("https://***@127.0.0.1:{}/configs", server.port)),
+        "the message shows the URL without its credentials: {msg}"
+    );
+    let status = serde_json::to_string(&st).expect("status json");
+    let logs = std::fs::read_to_string(&log_path).expect("log");
+    assert!(
+        logs.contains("fetch failed"),
+        "the log has the fetch error: {logs}"
+    );
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out
+    };
+    for (what, text) in [("status", &status), ("logs", &logs), ("metrics", &metrics)] {
+        for secret in [password, user] {
+            assert!(!text.contains(secret), "{what} shows {secret:?}:\n{text}");
+        }
+    }
+}

@@ -224,3 +224,54 @@ pub fn spawn(
     });
     (rx, task)
 }
+
+/// Whether this replica leads, for every part that may write only on the leader (the DPDK
+/// controller and the Git source): the Lease election, or always without one
+/// (`--no-leader-election`).
+pub struct Election {
+    leading: watch::Receiver<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    // Without an election the sender must outlive the receivers: a dropped sender makes
+    // `changed()` return at once, and a loop waiting on it would spin.
+    _always: Option<watch::Sender<bool>>,
+}
+
+impl Election {
+    /// Starts the election of `cfg` until `stop`; `None`: this replica always leads.
+    pub fn start(
+        client: &Client,
+        cfg: Option<LeaderElectionConfig>,
+        stop: CancellationToken,
+    ) -> Election {
+        match cfg {
+            Some(cfg) => {
+                let (leading, task) = spawn(client.clone(), cfg, stop);
+                Election {
+                    leading,
+                    task: Some(task),
+                    _always: None,
+                }
+            }
+            None => {
+                let (tx, leading) = watch::channel(true);
+                Election {
+                    leading,
+                    task: None,
+                    _always: Some(tx),
+                }
+            }
+        }
+    }
+
+    /// True while this replica leads; changes when it gains or loses the Lease.
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.leading.clone()
+    }
+
+    /// After `stop`: waits for the Lease release so a successor can start at once.
+    pub async fn finish(self) {
+        if let Some(task) = self.task {
+            let _ = task.await;
+        }
+    }
+}

@@ -261,13 +261,34 @@ pub fn start_watches(
     }
 }
 
-/// Runs the controller on watches started by [`start_watches`] until `shutdown`.
+/// Runs the controller on watches started by [`start_watches`] until `shutdown`, with
+/// its own election (`opts.leader_election`).
 pub async fn run_on(
     client: Client,
     opts: Options,
     telemetry: Telemetry,
     watches: Watches,
     shutdown: CancellationToken,
+) -> Result<(), Error> {
+    // Child token: stopping the controller stops its election too.
+    let stop = shutdown.child_token();
+    let election = leader::Election::start(&client, opts.leader_election.clone(), stop.clone());
+    let leading = election.subscribe();
+    let result = run_led(client, opts, telemetry, watches, leading, stop.clone()).await;
+    stop.cancel();
+    election.finish().await;
+    result
+}
+
+/// Runs the controller on `watches` until `stop`, writing only while `leading` is true
+/// (an [`leader::Election`] shared with the Git source, in `dpdk-reconciler run`).
+pub async fn run_led(
+    client: Client,
+    opts: Options,
+    telemetry: Telemetry,
+    watches: Watches,
+    mut leading: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> Result<(), Error> {
     let Telemetry { metrics, health } = telemetry;
     let Watches {
@@ -276,24 +297,10 @@ pub async fn run_on(
         trigger,
     } = watches;
     health.register(HEALTH_CHECK);
-    // Child token: stopping the controller stops its election too.
-    let stop = shutdown.child_token();
-    // Without an election this replica always leads. The sender must outlive the loop:
-    // a dropped sender makes `changed()` return at once, and the loop below would spin.
-    let (_always_leading, mut leading, election) = match opts.leader_election.clone() {
-        Some(cfg) => {
-            let (rx, task) = leader::spawn(client.clone(), cfg, stop.clone());
-            (None, rx, Some(task))
-        }
-        None => {
-            let (tx, rx) = watch::channel(true);
-            (Some(tx), rx, None)
-        }
-    };
 
     tokio::select! {
         ok = caches.wait_until_ready() => if !ok {
-            return Err(Error::Controller("watch caches stopped before their first list".into()));
+            return Err(Error::CachesStopped);
         },
         _ = stop.cancelled() => return Ok(()),
     }
@@ -414,11 +421,6 @@ pub async fn run_on(
     }
     metrics.leader.set(0);
     health.set_ready(HEALTH_CHECK, false, "stopped");
-    stop.cancel();
-    if let Some(task) = election {
-        // Wait for the Lease release so a successor can start at once.
-        let _ = task.await;
-    }
     Ok(())
 }
 
@@ -486,6 +488,7 @@ impl Reconciler {
 
         let mut succeeded: HashSet<(Kind, String)> = HashSet::new();
         let mut failures: Vec<String> = Vec::new();
+        let mut failure_kinds: Vec<crate::ErrorKind> = Vec::new();
         let mut written = 0;
         let mut replan = false;
         let mut i = 0;
@@ -496,7 +499,7 @@ impl Reconciler {
                 .position(|w| w.stage() != stage)
                 .map_or(writes.len(), |p| i + p);
             if !self.leading.load(Ordering::SeqCst) {
-                return Err(Error::Controller("lost leadership during a pass".into()));
+                return Err(Error::LostLeadership);
             }
             let batch = &writes[i..end];
             // At most `concurrency` write futures exist at once: built up front, a stage of
@@ -553,6 +556,7 @@ impl Reconciler {
                     Err(e) => {
                         self.metrics.count_write(kind_s, w.op(), "error");
                         tracing::warn!(kind = kind_s, name, op = w.op(), error = %e, "write failed");
+                        failure_kinds.push(crate::ErrorKind::of_kube(&e));
                         failures.push(format!("{kind_s} {name} ({}): {e}", w.op()));
                     }
                 }
@@ -572,7 +576,12 @@ impl Reconciler {
             if n > 3 {
                 msg.push_str(&format!("; and {} more", n - 3));
             }
-            return Err(Error::Controller(format!("{n} write(s) failed: {msg}")));
+            return Err(Error::WritesFailed {
+                count: n,
+                summary: msg,
+                kind: crate::ErrorKind::most_retryable(failure_kinds)
+                    .unwrap_or(crate::ErrorKind::Transient),
+            });
         }
         let mut requeue_after = planned.requeue_after;
         if replan {

@@ -249,7 +249,12 @@ async fn fetch_source(
     })
     .await
     .map_err(|e| err(format!("fetch task: {e}")))?
-    .map_err(|e| err(format!("fetching {}: {e}", src.spec.url)))?;
+    .map_err(|e| {
+        err(format!(
+            "fetching {}: {e}",
+            crate::source::spec::redact_url(&src.spec.url)
+        ))
+    })?;
     Ok((fetched.checkout, revision, tmp))
 }
 

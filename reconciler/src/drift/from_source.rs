@@ -3,7 +3,7 @@
 
 use tokio::sync::watch;
 
-use super::model::{GitSource, SourceKey};
+use super::model::GitSource;
 use super::runtime::GitProvider;
 use crate::source::SourceStore;
 
@@ -12,9 +12,8 @@ impl GitProvider for SourceStore {
         self.all()
             .into_iter()
             .map(|s| {
-                let key = SourceKey::new(s.key.namespace.clone(), s.key.name.clone());
                 let mut g = GitSource::from_manifests(
-                    Some(key),
+                    Some(s.key.clone()),
                     Some(s.revision.clone()),
                     &s.path,
                     &s.manifests,

@@ -14,38 +14,7 @@ use crate::manifest::Manifests;
 use crate::manifest::load::RawFile;
 use crate::manifest::position::{PositionIndex, RawDocument};
 
-/// A DPDKConfigSource, by namespace and name.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct SourceKey {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl SourceKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
-
-    /// Parses `ns/name`.
-    pub fn parse(s: &str) -> Option<Self> {
-        let (ns, name) = s.split_once('/')?;
-        (!ns.is_empty() && !name.is_empty() && !name.contains('/')).then(|| Self::new(ns, name))
-    }
-
-    /// The value of the `dpdk.aws.k8s/source` label on objects this source applied.
-    pub fn label_value(&self) -> String {
-        format!("{}.{}", self.namespace, self.name)
-    }
-}
-
-impl fmt::Display for SourceKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
+pub use crate::source::SourceKey;
 
 /// One YAML document from Git, with the positions of its nodes.
 #[derive(Clone, Debug)]

@@ -14,7 +14,15 @@ use git2::{
 };
 
 use super::auth::{self, Credentials};
-use super::spec::{RefSpec, Transport, parse_url};
+use super::spec::{RefSpec, Transport, parse_url, redact, redact_url};
+use crate::Error;
+
+fn io_error(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
 
 /// A fetched and checked-out revision.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,10 +43,11 @@ pub fn fetch(
     refspec: &RefSpec,
     creds: &Credentials,
     cache_dir: &Path,
-) -> Result<Fetched, String> {
+) -> Result<Fetched, Error> {
     let remote_info = parse_url(url)?;
-    std::fs::create_dir_all(cache_dir)
-        .map_err(|e| format!("cache {}: {e}", cache_dir.display()))?;
+    // What messages show of the URL: never the credentials it may carry.
+    let shown = redact_url(url);
+    std::fs::create_dir_all(cache_dir).map_err(|e| io_error(cache_dir, e))?;
     let repo_dir = cache_dir.join("repo.git");
     let repo = match Repository::open_bare(&repo_dir) {
         Ok(r) => r,
@@ -46,7 +55,11 @@ pub fn fetch(
             // A missing or corrupt cache is rebuilt from scratch.
             let _ = std::fs::remove_dir_all(&repo_dir);
             Repository::init_bare(&repo_dir).map_err(|e| {
-                format!("initializing cache {}: {}", repo_dir.display(), e.message())
+                Error::Fetch(format!(
+                    "initializing cache {}: {}",
+                    repo_dir.display(),
+                    e.message()
+                ))
             })?
         }
     };
@@ -141,7 +154,7 @@ pub fn fetch(
     }
     let mut remote = repo
         .remote_anonymous(url)
-        .map_err(|e| format!("remote {url}: {}", e.message()))?;
+        .map_err(|e| Error::Fetch(format!("remote {shown}: {}", redact(e.message(), url))))?;
     let specs = refspec.refspecs();
     let spec_refs: Vec<&str> = specs.iter().map(String::as_str).collect();
     remote.fetch(&spec_refs, Some(&mut fo), None).map_err(|e| {
@@ -150,23 +163,29 @@ pub fn fetch(
             .ok()
             .and_then(|r| r.clone())
             .unwrap_or_else(|| e.message().to_string());
-        format!("fetching {} from {url}: {why}", describe(refspec))
+        let why = redact(&why, url);
+        Error::Fetch(format!(
+            "fetching {} from {shown}: {why}",
+            describe(refspec)
+        ))
     })?;
 
     let commit = match refspec {
         RefSpec::Commit(sha) => {
-            let oid = git2::Oid::from_str(sha).map_err(|e| e.message().to_string())?;
+            let oid = git2::Oid::from_str(sha).map_err(|e| Error::Fetch(e.message().into()))?;
             repo.find_commit(oid).map_err(|_| {
-                format!("commit {sha} is not reachable from any branch or tag of {url}")
+                Error::Fetch(format!(
+                    "commit {sha} is not reachable from any branch or tag of {shown}"
+                ))
             })?
         }
         _ => {
             let local = refspec.local_ref().unwrap_or_default();
             let r = repo
                 .find_reference(&local)
-                .map_err(|_| format!("{} not found in {url}", describe(refspec)))?;
+                .map_err(|_| Error::Fetch(format!("{} not found in {shown}", describe(refspec))))?;
             r.peel_to_commit()
-                .map_err(|e| format!("{}: {}", describe(refspec), e.message()))?
+                .map_err(|e| Error::Fetch(format!("{}: {}", describe(refspec), e.message())))?
         }
     };
     let sha = commit.id().to_string();
@@ -193,26 +212,28 @@ fn checkout_tree(
     repo: &Repository,
     commit: &git2::Commit<'_>,
     cache_dir: &Path,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, Error> {
     let sha = commit.id().to_string();
     let dir = cache_dir.join("checkouts");
     let target = dir.join(&sha);
     if target.is_dir() {
         return Ok(target);
     }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
     let tmp = dir.join(format!(".tmp-{sha}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    let tree = commit.tree().map_err(|e| e.message().to_string())?;
+    std::fs::create_dir_all(&tmp).map_err(|e| io_error(&tmp, e))?;
+    let tree = commit
+        .tree()
+        .map_err(|e| Error::Fetch(e.message().into()))?;
     let mut cb = git2::build::CheckoutBuilder::new();
     cb.target_dir(&tmp).force().recreate_missing(true);
     repo.checkout_tree(tree.as_object(), Some(&mut cb))
-        .map_err(|e| format!("checking out {sha}: {}", e.message()))?;
+        .map_err(|e| Error::Fetch(format!("checking out {sha}: {}", e.message())))?;
     if let Err(e) = std::fs::rename(&tmp, &target) {
         let _ = std::fs::remove_dir_all(&tmp);
         if !target.is_dir() {
-            return Err(format!("{}: {e}", target.display()));
+            return Err(io_error(&target, e));
         }
     }
     prune_checkouts(&dir, &sha);

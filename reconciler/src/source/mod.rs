@@ -40,16 +40,22 @@ use crate::manifest::Manifests;
 use crate::manifest::load::LoadOptions;
 
 pub mod auth;
-mod controller;
 pub mod git;
 pub mod plan;
+mod reconcile;
 pub mod spec;
 pub mod webhook;
 
-pub use controller::run_sources;
+pub use reconcile::run_sources;
 
-/// A DPDKConfigSource, by namespace and name.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// The longest label value the API server accepts.
+const LABEL_VALUE_MAX: usize = 63;
+
+/// A DPDKConfigSource, by namespace and name: the one key of a source for the source
+/// controller, its store, the webhook and the drift report (`ns/name` when shown).
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct SourceKey {
     pub namespace: String,
     pub name: String,
@@ -63,6 +69,12 @@ impl SourceKey {
         }
     }
 
+    /// Parses `ns/name`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (ns, name) = s.split_once('/')?;
+        (!ns.is_empty() && !name.is_empty() && !name.contains('/')).then(|| Self::new(ns, name))
+    }
+
     pub fn of(src: &DPDKConfigSource) -> Self {
         SourceKey::new(
             src.metadata.namespace.clone().unwrap_or_default(),
@@ -70,9 +82,21 @@ impl SourceKey {
         )
     }
 
-    /// The value of the `dpdk.aws.k8s/source` label: `<namespace>.<name>`.
+    /// The value of the `dpdk.aws.k8s/source` label: `<namespace>.<name>`, or when that is
+    /// longer than a label value may be (63), its first 46 characters, `-` and 16 hex
+    /// digits of the SHA-256 of `<namespace>/<name>`.
     pub fn label_value(&self) -> String {
-        format!("{}.{}", self.namespace, self.name)
+        let plain = format!("{}.{}", self.namespace, self.name);
+        if plain.len() <= LABEL_VALUE_MAX {
+            return plain;
+        }
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.to_string().as_bytes());
+        let hash = hex::encode(&digest[..8]);
+        // Names are ASCII (DNS labels and subdomains); a label value must end alphanumeric.
+        let prefix = plain[..LABEL_VALUE_MAX - 1 - hash.len()]
+            .trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+        format!("{prefix}-{hash}")
     }
 }
 
@@ -212,6 +236,8 @@ impl Triggers {
 pub struct SourceOptions {
     /// Watch DPDKConfigSources in this namespace only (None: every namespace).
     pub namespace: Option<String>,
+    /// Accept `file://` URLs (tests, demos, a repository on a mounted volume).
+    pub allow_file_urls: bool,
     /// Where repositories are cached (one directory per source).
     pub cache_dir: PathBuf,
     /// Loader limits.
@@ -232,6 +258,7 @@ impl Default for SourceOptions {
     fn default() -> Self {
         SourceOptions {
             namespace: None,
+            allow_file_urls: false,
             cache_dir: std::env::temp_dir().join("dpdk-reconciler-sources"),
             load: LoadOptions::default(),
             fetch_timeout: Duration::from_secs(120),
@@ -253,9 +280,14 @@ pub struct SourceArgs {
         default_value = "/var/cache/dpdk-reconciler"
     )]
     pub source_cache_dir: PathBuf,
-    /// Watch DPDKConfigSources in this namespace only (default: every namespace).
+    /// Watch DPDKConfigSources in this namespace only; empty: every namespace (sources
+    /// write cluster-scoped DPDKConfigs, so widen it only for namespaces you trust).
+    #[arg(long, default_value = "dpdk-operator")]
+    pub source_namespace: String,
+    /// Accept `file://` source URLs (tests, demos, a repository on a mounted volume). Off:
+    /// a local path could read another source's cache or any file the reconciler can.
     #[arg(long)]
-    pub source_namespace: Option<String>,
+    pub allow_file_urls: bool,
     /// A Git fetch taking longer than this fails (a Go duration: 30s, 2m).
     #[arg(long, default_value = "2m", value_parser = dpdk_bridge::duration::parse)]
     pub source_fetch_timeout: Duration,
@@ -264,7 +296,8 @@ pub struct SourceArgs {
 impl SourceArgs {
     pub fn into_options(self) -> SourceOptions {
         SourceOptions {
-            namespace: self.source_namespace,
+            namespace: Some(self.source_namespace).filter(|ns| !ns.is_empty()),
+            allow_file_urls: self.allow_file_urls,
             cache_dir: self.source_cache_dir,
             fetch_timeout: self.source_fetch_timeout.max(Duration::from_secs(1)),
             ..SourceOptions::default()
@@ -279,6 +312,15 @@ pub struct SourceLabels {
     pub source: String,
     /// `success` or `error`.
     pub result: String,
+}
+
+/// Labels of `dpdk_source_reconcile_errors_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// `<namespace>/<name>`.
+    pub source: String,
+    /// The kind of failure ([`crate::ErrorKind::metric_label`]).
+    pub error: String,
 }
 
 /// Labels of `dpdk_source_revision_info`.
@@ -299,6 +341,8 @@ pub struct SourceMetrics {
     /// `dpdk_source_apply_results_total{source,result}`, result = applied, unchanged,
     /// pruned, skipped (foreign owner or relabelled), failed, invalid (a rejected revision).
     pub apply_results: Family<SourceLabels, Counter>,
+    /// `dpdk_source_reconcile_errors_total{source,error}`: failed passes by kind.
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
     last_revision: Arc<Mutex<HashMap<String, String>>>,
 }
 
@@ -311,6 +355,7 @@ impl SourceMetrics {
             }),
             revision_info: Family::default(),
             apply_results: Family::default(),
+            reconcile_errors: Family::default(),
             last_revision: Arc::default(),
         };
         let r = registry.sub_registry_with_prefix("dpdk_source");
@@ -329,7 +374,30 @@ impl SourceMetrics {
             "Objects applied, unchanged, pruned, skipped or failed",
             m.apply_results.clone(),
         );
+        r.register(
+            "reconcile_errors",
+            "Failed passes over a source, by kind of error",
+            m.reconcile_errors.clone(),
+        );
         m
+    }
+
+    pub(crate) fn observe_fetch(&self, source: &str, ok: bool, took: Duration) {
+        self.fetch_duration
+            .get_or_create(&SourceLabels {
+                source: source.to_string(),
+                result: if ok { "success" } else { "error" }.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn count_error(&self, source: &str, error: &str) {
+        self.reconcile_errors
+            .get_or_create(&ErrorLabels {
+                source: source.to_string(),
+                error: error.to_string(),
+            })
+            .inc();
     }
 
     pub(crate) fn set_revision(&self, source: &str, revision: &str) {
@@ -371,6 +439,7 @@ pub struct SourceController {
     triggers: Triggers,
     rx: mpsc::UnboundedReceiver<ObjectRef<DPDKConfigSource>>,
     metrics: SourceMetrics,
+    leading: Option<watch::Receiver<bool>>,
 }
 
 impl SourceController {
@@ -384,7 +453,15 @@ impl SourceController {
             triggers,
             rx,
             metrics: SourceMetrics::register(registry),
+            leading: None,
         }
+    }
+
+    /// Works only while `leading` is true (the DPDK controller's Lease election): a
+    /// follower fetches, applies, prunes and writes nothing. Without it, it always works.
+    pub fn gated_by(mut self, leading: watch::Receiver<bool>) -> SourceController {
+        self.leading = Some(leading);
+        self
     }
 
     /// The latest good snapshot per source (for the drift engine).
@@ -407,15 +484,32 @@ impl SourceController {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     ) {
-        controller::run(
-            self.client,
-            self.opts,
-            self.store,
-            self.triggers,
-            self.rx,
-            self.metrics,
-            shutdown,
-        )
-        .await
+        reconcile::run(self, shutdown).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_source_label_is_hashed_when_too_long() {
+        let short = SourceKey::new("dpdk-operator", "production");
+        assert_eq!(short.label_value(), "dpdk-operator.production");
+        let long = SourceKey::new("dpdk-operator", "a".repeat(60));
+        let v = long.label_value();
+        assert_eq!(v.len(), LABEL_VALUE_MAX, "{v}");
+        assert!(v.starts_with("dpdk-operator.aaaa"), "{v}");
+        assert!(v.ends_with(|c: char| c.is_ascii_alphanumeric()), "{v}");
+        assert_ne!(
+            v,
+            SourceKey::new("dpdk-operator", "a".repeat(61)).label_value(),
+            "names that share the prefix differ by the hash"
+        );
+        // A cut at a dot or dash is trimmed, so the value stays a valid label value.
+        let dotted = SourceKey::new("ns", format!("{}.{}", "b".repeat(42), "c".repeat(30)));
+        let v = dotted.label_value();
+        assert!(v.contains("bbb-") && !v.contains(".-"), "{v}");
+        assert!(v.len() <= LABEL_VALUE_MAX);
     }
 }

@@ -4,6 +4,22 @@ use std::time::Duration;
 
 use dpdk_bridge::api::GitRef;
 
+use crate::Error;
+
+fn invalid_ref(message: &str) -> Error {
+    Error::InvalidSpec {
+        field: "spec.ref",
+        message: message.to_string(),
+    }
+}
+
+fn invalid_url(message: String) -> Error {
+    Error::InvalidSpec {
+        field: "spec.url",
+        message,
+    }
+}
+
 /// The longest `spec.interval` accepted.
 const MAX_INTERVAL: Duration = Duration::from_secs(366 * 86400);
 
@@ -19,6 +35,58 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// The shortest `spec.interval` accepted: polling faster only loads the Git server (use a
+/// webhook to fetch at once).
+pub const MIN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// `spec.interval`, parsed and at least [`MIN_INTERVAL`].
+pub fn check_interval(s: &str) -> Result<Duration, Error> {
+    let invalid = |message: String| Error::InvalidSpec {
+        field: "spec.interval",
+        message,
+    };
+    let d = parse_interval(s).map_err(invalid)?;
+    if d < MIN_INTERVAL {
+        return Err(invalid(format!(
+            "spec.interval {s} is below the minimum of {}s; use a webhook to fetch at once",
+            MIN_INTERVAL.as_secs()
+        )));
+    }
+    Ok(d)
+}
+
+/// The user-info of `url` that must never be shown: any for https (a token may be the
+/// user name), a `user:password` for other transports (`ssh://git@host` shows `git`).
+fn url_secret(url: &str) -> Option<&str> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next().unwrap_or("");
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    (!userinfo.is_empty() && (scheme == "https" || userinfo.contains(':'))).then_some(userinfo)
+}
+
+/// `url` as messages and logs show it: `https://user:pass@host/r` → `https://***@host/r`.
+pub fn redact_url(url: &str) -> String {
+    match url_secret(url) {
+        Some(secret) => url.replacen(&format!("{secret}@"), "***@", 1),
+        None => url.to_string(),
+    }
+}
+
+/// `text` (an error from libgit2, say) without the credentials of `url`: the user-info,
+/// and its user and password alone, become `***`.
+pub fn redact(text: &str, url: &str) -> String {
+    let Some(secret) = url_secret(url) else {
+        return text.to_string();
+    };
+    let mut out = text.replace(url, &redact_url(url));
+    let mut parts: Vec<&str> = vec![secret];
+    parts.extend(secret.split(':').filter(|p| p.len() >= 3));
+    for p in parts {
+        out = out.replace(p, "***");
+    }
+    out
+}
+
 /// A branch, tag or commit to fetch.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum RefSpec {
@@ -29,7 +97,7 @@ pub enum RefSpec {
 
 impl RefSpec {
     /// Exactly one of branch, tag or commit (the CRD enforces this too).
-    pub fn from_git_ref(r: &GitRef) -> Result<RefSpec, String> {
+    pub fn from_git_ref(r: &GitRef) -> Result<RefSpec, Error> {
         let valid_name = |n: &str| {
             !n.is_empty()
                 && !n.starts_with('-')
@@ -44,8 +112,12 @@ impl RefSpec {
             (None, None, Some(c)) if c.len() == 40 && c.bytes().all(|b| b.is_ascii_hexdigit()) => {
                 Ok(RefSpec::Commit(c.to_ascii_lowercase()))
             }
-            (None, None, None) => Err("spec.ref must set one of branch, tag or commit".into()),
-            _ => Err("spec.ref must set exactly one valid branch, tag or 40-hex commit".into()),
+            (None, None, None) => Err(invalid_ref(
+                "spec.ref must set one of branch, tag or commit",
+            )),
+            _ => Err(invalid_ref(
+                "spec.ref must set exactly one valid branch, tag or 40-hex commit",
+            )),
         }
     }
 
@@ -100,7 +172,7 @@ pub struct Remote {
 }
 
 /// Parses `spec.url`: https://, ssh:// or file:// (the CRD admits only these).
-pub fn parse_url(url: &str) -> Result<Remote, String> {
+pub fn parse_url(url: &str) -> Result<Remote, Error> {
     let (transport, rest) = if let Some(r) = url.strip_prefix("https://") {
         (Transport::Https, r)
     } else if let Some(r) = url.strip_prefix("ssh://") {
@@ -113,9 +185,9 @@ pub fn parse_url(url: &str) -> Result<Remote, String> {
             path: r.to_string(),
         });
     } else {
-        return Err(format!(
+        return Err(invalid_url(format!(
             "unsupported URL {url:?}: use https://, ssh:// or file://"
-        ));
+        )));
     };
     let authority = rest.split('/').next().unwrap_or("");
     let hostport = authority
@@ -126,13 +198,13 @@ pub fn parse_url(url: &str) -> Result<Remote, String> {
         // [ipv6]:port
         let (h, p) = h
             .split_once(']')
-            .ok_or_else(|| format!("invalid host in {url:?}"))?;
+            .ok_or_else(|| invalid_url(format!("invalid host in {url:?}")))?;
         (
             h.to_string(),
             p.strip_prefix(':')
                 .map(str::parse::<u16>)
                 .transpose()
-                .map_err(|_| format!("invalid port in {url:?}"))?,
+                .map_err(|_| invalid_url(format!("invalid port in {url:?}")))?,
         )
     } else {
         match hostport.rsplit_once(':') {
@@ -140,14 +212,14 @@ pub fn parse_url(url: &str) -> Result<Remote, String> {
                 h.to_string(),
                 Some(
                     p.parse::<u16>()
-                        .map_err(|_| format!("invalid port in {url:?}"))?,
+                        .map_err(|_| invalid_url(format!("invalid port in {url:?}")))?,
                 ),
             ),
             None => (hostport.to_string(), None),
         }
     };
     if host.is_empty() {
-        return Err(format!("no host in {url:?}"));
+        return Err(invalid_url(format!("no host in {url:?}")));
     }
     let path = rest.get(authority.len()..).unwrap_or("").to_string();
     Ok(Remote {
@@ -156,6 +228,18 @@ pub fn parse_url(url: &str) -> Result<Remote, String> {
         port,
         path,
     })
+}
+
+/// `spec.url`, parsed; `file://` only when `allow_file` (`--allow-file-urls`): a local
+/// path can read another source's cache or any file the reconciler can.
+pub fn check_url(url: &str, allow_file: bool) -> Result<Remote, Error> {
+    let remote = parse_url(url)?;
+    if remote.transport == Transport::File && !allow_file {
+        return Err(invalid_url(format!(
+            "spec.url {url}: file:// URLs are refused; start dpdk-reconciler run with --allow-file-urls to allow them"
+        )));
+    }
+    Ok(remote)
 }
 
 #[cfg(test)]
@@ -228,5 +312,48 @@ mod tests {
             (Transport::File, "/tmp/repo")
         );
         assert!(parse_url("git@github.com:org/repo").is_err());
+    }
+
+    #[test]
+    fn intervals_have_a_minimum() {
+        assert_eq!(check_interval("10s").ok(), Some(Duration::from_secs(10)));
+        let e = check_interval("500ms").expect_err("below the minimum");
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidSpec);
+        assert_eq!(
+            e.to_string(),
+            "spec.interval 500ms is below the minimum of 10s; use a webhook to fetch at once"
+        );
+        let e = check_interval("5").expect_err("bare number");
+        assert!(e.to_string().starts_with("spec.interval: "), "{e}");
+    }
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        let url = "https://deploy:s3cret@git.example.com:8443/org/repo";
+        assert_eq!(redact_url(url), "https://***@git.example.com:8443/org/repo");
+        assert_eq!(
+            redact_url("https://ghp_token@github.com/o/r"),
+            "https://***@github.com/o/r"
+        );
+        assert_eq!(
+            redact_url("ssh://git@127.0.0.1:2222/r"),
+            "ssh://git@127.0.0.1:2222/r"
+        );
+        assert_eq!(redact_url("ssh://u:pw@h/r"), "ssh://***@h/r");
+        assert_eq!(redact_url("file:///tmp/r"), "file:///tmp/r");
+        let msg = format!("remote {url}: unexpected status for user deploy with s3cret");
+        assert_eq!(
+            redact(&msg, url),
+            "remote https://***@git.example.com:8443/org/repo: unexpected status for user *** with ***"
+        );
+    }
+
+    #[test]
+    fn file_urls_need_the_flag() {
+        let e = check_url("file:///srv/repo", false).expect_err("refused");
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidSpec);
+        assert!(e.to_string().contains("--allow-file-urls"), "{e}");
+        assert!(check_url("file:///srv/repo", true).is_ok());
+        assert!(check_url("https://h/r", false).is_ok());
     }
 }

@@ -177,6 +177,7 @@ impl World {
         let mut registry = prometheus_client::registry::Registry::default();
         let opts = SourceOptions {
             namespace: Some(ns.clone()),
+            allow_file_urls: true,
             cache_dir: dirs.path().join("cache"),
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(2),

@@ -38,8 +38,14 @@ impl Drop for Harness {
 }
 
 impl Harness {
-    /// Creates namespace `<prefix>-xxxx` and starts a controller watching only it.
+    /// Creates namespace `<prefix>-xxxx` and starts a controller watching only it, with
+    /// file:// URLs allowed.
     pub async fn start(prefix: &str) -> Harness {
+        Harness::start_with(prefix, |_| {}).await
+    }
+
+    /// [`Harness::start`] with options changed by `configure`.
+    pub async fn start_with(prefix: &str, configure: impl FnOnce(&mut SourceOptions)) -> Harness {
         let cp = dpdk_testenv::shared();
         let client = cp.client().await.expect("client");
         let ns = dpdk_testenv::unique_name(prefix);
@@ -57,13 +63,15 @@ impl Harness {
         .await
         .expect("create namespace");
         let cache = tempfile::tempdir().expect("cache dir");
-        let opts = SourceOptions {
+        let mut opts = SourceOptions {
             namespace: Some(ns.clone()),
+            allow_file_urls: true,
             cache_dir: cache.path().to_path_buf(),
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(2),
             ..Default::default()
         };
+        configure(&mut opts);
         let mut registry = prometheus_client::registry::Registry::default();
         let controller = SourceController::new(client.clone(), opts, &mut registry);
         let store = controller.store();
