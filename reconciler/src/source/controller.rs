@@ -2,7 +2,7 @@
 //! [`crate::manifest`] and [`super::plan`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -273,14 +273,7 @@ async fn reconcile_inner(
     };
     let cache = ctx.opts.cache_dir.join(&key.namespace).join(&key.name);
     let started = Instant::now();
-    let fetched = fetch_blocking(
-        &src.spec.url,
-        &refspec,
-        &creds,
-        &cache,
-        ctx.opts.fetch_timeout,
-    )
-    .await;
+    let fetched = git::fetch_async(ctx.opts.fetch_request(&src, refspec, creds, cache)).await;
     let result = if fetched.is_ok() { "success" } else { "error" };
     ctx.metrics
         .fetch_duration
@@ -295,7 +288,11 @@ async fn reconcile_inner(
         Err(e) => {
             warn!(error = %e, "fetch failed");
             write_status(&ctx, &src, |st| {
-                stalled(st, "FetchFailed", &e, generation);
+                stalled(st, e.reason, &e.message, generation);
+                if let Some(r) = &e.revision {
+                    st.last_fetched_revision = Some(r.clone());
+                    st.last_attempted_revision = Some(r.clone());
+                }
                 set_webhook(st, &webhook_at);
             })
             .await?;
@@ -537,27 +534,6 @@ async fn read_credentials(client: &Client, src: &DPDKConfigSource) -> Result<Cre
         .map(|(k, v)| (k, v.0))
         .collect();
     Ok(Credentials::from_secret_data(&data))
-}
-
-async fn fetch_blocking(
-    url: &str,
-    refspec: &RefSpec,
-    creds: &Credentials,
-    cache: &Path,
-    timeout: Duration,
-) -> Result<Fetched, String> {
-    let (url, refspec, creds, cache) = (
-        url.to_string(),
-        refspec.clone(),
-        creds.clone(),
-        cache.to_path_buf(),
-    );
-    let task = tokio::task::spawn_blocking(move || git::fetch(&url, &refspec, &creds, &cache));
-    match tokio::time::timeout(timeout, task).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => Err(format!("fetch task: {e}")),
-        Err(_) => Err(format!("fetch timed out after {}s", timeout.as_secs())),
-    }
 }
 
 /// For file:// sources: fetch when a ref of the local repository changes.

@@ -216,8 +216,10 @@ pub struct SourceOptions {
     pub cache_dir: PathBuf,
     /// Loader limits.
     pub load: LoadOptions,
-    /// A fetch taking longer fails.
+    /// A fetch taking longer is aborted and fails.
     pub fetch_timeout: Duration,
+    /// A fetch receiving more bytes from the server is aborted and fails.
+    pub max_fetch_bytes: u64,
     /// First retry delay after a failure; doubles per failure up to `max_backoff` (and
     /// never beyond the source's interval).
     pub min_backoff: Duration,
@@ -235,10 +237,33 @@ impl Default for SourceOptions {
             cache_dir: std::env::temp_dir().join("dpdk-reconciler-sources"),
             load: LoadOptions::default(),
             fetch_timeout: Duration::from_secs(120),
+            max_fetch_bytes: 256 * 1024 * 1024,
             min_backoff: Duration::from_secs(2),
             max_backoff: Duration::from_secs(300),
             jitter: 0.1,
             apply_concurrency: 16,
+        }
+    }
+}
+
+impl SourceOptions {
+    /// The fetch of `src` (its `spec.path` only, within these limits).
+    pub(crate) fn fetch_request(
+        &self,
+        src: &DPDKConfigSource,
+        refspec: spec::RefSpec,
+        creds: auth::Credentials,
+        cache_dir: PathBuf,
+    ) -> git::FetchRequest {
+        git::FetchRequest {
+            url: src.spec.url.clone(),
+            refspec,
+            creds,
+            cache_dir,
+            path: src.spec.path.clone(),
+            limits: self.load.clone(),
+            timeout: self.fetch_timeout,
+            max_fetch_bytes: self.max_fetch_bytes,
         }
     }
 }
@@ -256,9 +281,16 @@ pub struct SourceArgs {
     /// Watch DPDKConfigSources in this namespace only (default: every namespace).
     #[arg(long)]
     pub source_namespace: Option<String>,
-    /// A Git fetch taking longer than this many seconds fails.
+    /// A Git fetch taking longer than this many seconds is aborted (connect, negotiation
+    /// and download alike) and fails.
     #[arg(long, default_value_t = 120)]
     pub source_fetch_timeout_seconds: u64,
+    /// A Git fetch receiving more bytes than this from the server is aborted and fails.
+    #[arg(long, default_value_t = SourceOptions::default().max_fetch_bytes)]
+    pub source_max_fetch_bytes: u64,
+    /// The loader's limits (the same flags as `validate`).
+    #[command(flatten)]
+    pub limits: crate::manifest::load::LimitArgs,
 }
 
 impl SourceArgs {
@@ -267,6 +299,8 @@ impl SourceArgs {
             namespace: self.source_namespace,
             cache_dir: self.source_cache_dir,
             fetch_timeout: Duration::from_secs(self.source_fetch_timeout_seconds.max(1)),
+            max_fetch_bytes: self.source_max_fetch_bytes,
+            load: self.limits.into_options(),
             ..SourceOptions::default()
         }
     }
