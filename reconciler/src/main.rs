@@ -38,9 +38,8 @@ enum Cmd {
         /// Directory (or single file) to check, recursively; it is treated as the repository
         /// root, so symlinks leaving it are refused.
         dir: PathBuf,
-        /// Largest YAML file read, in bytes.
-        #[arg(long, default_value_t = 1024 * 1024)]
-        max_file_bytes: u64,
+        #[command(flatten)]
+        limits: dpdk_reconciler::manifest::load::LimitArgs,
     },
     /// Run the cluster side: the DPDK controller (DPDKConfig -> node labels, NodeENI DPDK
     /// fields, DPDKNodeStates) with leader election, and the HTTP server (/metrics,
@@ -200,14 +199,8 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Cmd::Validate {
-            dir,
-            max_file_bytes,
-        } => {
-            let opts = dpdk_reconciler::manifest::load::LoadOptions {
-                max_file_bytes,
-                ..Default::default()
-            };
+        Cmd::Validate { dir, limits } => {
+            let opts = limits.into_options();
             ExitCode::from(dpdk_reconciler::manifest::report::validate_dir(
                 &dir,
                 &opts,
@@ -216,6 +209,17 @@ fn main() -> ExitCode {
             ))
         }
         Cmd::Run(args) => {
+            let fetch_timeout = args
+                .sources
+                .source_fetch_timeout
+                .max(std::time::Duration::from_secs(1));
+            // SAFETY: no thread has started yet (the runtime is built below).
+            unsafe {
+                dpdk_reconciler::source::git::set_server_timeouts(
+                    fetch_timeout.min(std::time::Duration::from_secs(30)),
+                    fetch_timeout,
+                );
+            }
             // The work is I/O-bound: two workers, not one per core of a big node (each
             // worker thread costs memory, glibc arenas included).
             let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -140,9 +140,37 @@ pub struct TestCa {
     pub ca_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
+    /// PEM of the intermediate CA between the root and the serving certificate, when
+    /// generated with [`TestCa::generate_with_intermediate`] (empty otherwise).
+    pub intermediate_pem: String,
 }
 
 impl TestCa {
+    /// Root CA → intermediate CA → serving certificate (as most real CAs issue).
+    pub fn generate_with_intermediate() -> Result<TestCa> {
+        let root_key = KeyPair::generate()?;
+        let mut root = ca_params("dpdk-testenv git root CA")?;
+        root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let root_cert = root.self_signed(&root_key)?;
+        let root_issuer = Issuer::new(root, root_key);
+        let mid_key = KeyPair::generate()?;
+        let mut mid = ca_params("dpdk-testenv git intermediate CA")?;
+        mid.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        let mid_cert = mid.signed_by(&mid_key, &root_issuer)?;
+        let mid_issuer = Issuer::new(mid, mid_key);
+        let key = KeyPair::generate()?;
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &mid_issuer)?;
+        Ok(TestCa {
+            ca_pem: root_cert.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            intermediate_pem: mid_cert.pem(),
+        })
+    }
+
     pub fn generate() -> Result<TestCa> {
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
@@ -166,8 +194,32 @@ impl TestCa {
             ca_pem: ca_cert.pem(),
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            intermediate_pem: String::new(),
         })
     }
+}
+
+fn ca_params(cn: &str) -> Result<CertificateParams> {
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    p.distinguished_name = dn;
+    Ok(p)
+}
+
+/// How an [`HttpsGitServer`] behaves beyond serving Git.
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    /// Certificate signed by an intermediate CA; the server sends leaf + intermediate.
+    pub intermediate: bool,
+    /// Send every authorized response (the ref advertisement, the negotiation, the pack)
+    /// one byte per this interval: a server that trickles.
+    pub trickle: Option<Duration>,
 }
 
 /// How the HTTPS server authenticates clients.
@@ -180,8 +232,11 @@ pub enum HttpAuth {
 /// `git http-backend` behind HTTPS on 127.0.0.1.
 pub struct HttpsGitServer {
     pub port: u16,
-    /// PEM of the CA that signed the server certificate (for the client's `ca.crt`).
+    /// PEM of the CA that signed the server certificate (for the client's `ca.crt`); with
+    /// an intermediate, the root.
     pub ca_pem: String,
+    /// PEM of the intermediate CA (empty without [`ServerOptions::intermediate`]).
+    pub intermediate_pem: String,
     requests: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -196,9 +251,25 @@ impl HttpsGitServer {
     /// Serves every repository under `project_root` (URL path = path below it).
     /// Call from inside a tokio runtime.
     pub async fn start(project_root: &Path, auth: HttpAuth) -> Result<HttpsGitServer> {
-        let ca = TestCa::generate()?;
-        let certs: Vec<rustls::pki_types::CertificateDer<'static>> =
+        HttpsGitServer::start_with(project_root, auth, ServerOptions::default()).await
+    }
+
+    /// Like [`HttpsGitServer::start`], with [`ServerOptions`].
+    pub async fn start_with(
+        project_root: &Path,
+        auth: HttpAuth,
+        opts: ServerOptions,
+    ) -> Result<HttpsGitServer> {
+        let ca = if opts.intermediate {
+            TestCa::generate_with_intermediate()?
+        } else {
+            TestCa::generate()?
+        };
+        let mut certs: Vec<rustls::pki_types::CertificateDer<'static>> =
             rustls_pemfile_certs(&ca.cert_pem)?;
+        if opts.intermediate {
+            certs.extend(rustls_pemfile_certs(&ca.intermediate_pem)?);
+        }
         let key = rustls::pki_types::PrivateKeyDer::try_from(
             pem_body(&ca.key_pem).ok_or_else(|| Error::Other("bad key PEM".into()))?,
         )
@@ -227,9 +298,10 @@ impl HttpsGitServer {
                 let root = root.clone();
                 let auth = auth.clone();
                 let counter = counter.clone();
+                let trickle = opts.trickle;
                 tokio::spawn(async move {
                     if let Ok(tls) = acceptor.accept(tcp).await {
-                        let _ = serve_connection(tls, &root, &auth, &counter).await;
+                        let _ = serve_connection(tls, &root, &auth, &counter, trickle).await;
                     }
                 });
             }
@@ -237,6 +309,7 @@ impl HttpsGitServer {
         Ok(HttpsGitServer {
             port,
             ca_pem: ca.ca_pem,
+            intermediate_pem: ca.intermediate_pem,
             requests,
             task,
         })
@@ -272,6 +345,7 @@ async fn serve_connection<S>(
     root: &Path,
     auth: &HttpAuth,
     counter: &AtomicU64,
+    trickle: Option<Duration>,
 ) -> std::io::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -414,15 +488,24 @@ where
                 resp_headers.push_str("\r\n");
             }
         }
-        w.write_all(
-            format!(
-                "HTTP/1.1 {status}\r\n{resp_headers}Content-Length: {}\r\n\r\n",
-                payload.len()
-            )
-            .as_bytes(),
+        let mut response = format!(
+            "HTTP/1.1 {status}\r\n{resp_headers}Content-Length: {}\r\n\r\n",
+            payload.len()
         )
-        .await?;
-        w.write_all(payload).await?;
+        .into_bytes();
+        response.extend_from_slice(payload);
+        let fast = if trickle.is_some() { 0 } else { response.len() };
+        w.write_all(&response[..fast]).await?;
+        match trickle {
+            None => {}
+            Some(every) => {
+                for &b in &response[fast..] {
+                    w.write_all(&[b]).await?;
+                    w.flush().await?;
+                    tokio::time::sleep(every).await;
+                }
+            }
+        }
         w.flush().await?;
     }
 }

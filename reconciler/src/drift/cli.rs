@@ -244,12 +244,18 @@ async fn fetch_source(
     let cache = tmp.path().to_path_buf();
     let url = src.spec.url.clone();
     let refspec = RefSpec::Commit(sha);
-    let fetched = tokio::task::spawn_blocking(move || {
-        crate::source::git::fetch(&url, &refspec, &creds, &cache)
-    })
-    .await
-    .map_err(|e| err(format!("fetch task: {e}")))?
-    .map_err(|e| {
+    let opts = crate::source::SourceOptions::default();
+    let req = crate::source::git::FetchRequest {
+        url,
+        refspec,
+        creds,
+        cache_dir: cache,
+        path: src.spec.path.clone(),
+        limits: opts.load,
+        timeout: opts.fetch_timeout,
+        max_fetch_bytes: opts.max_fetch_bytes,
+    };
+    let fetched = crate::source::git::fetch_async(req).await.map_err(|e| {
         err(format!(
             "fetching {}: {e}",
             crate::source::spec::redact_url(&src.spec.url)

@@ -35,9 +35,13 @@ pub enum Code {
     InvalidMetadata,
     /// A symlink that leaves the repository, or a broken one.
     SymlinkEscapes,
+    /// A symlink that loops: to a directory that contains it, or a chain that never ends.
+    SymlinkLoop,
     /// spec.path leaves the repository or does not exist.
     PathEscapes,
-    /// A file over the size limit, or too many files.
+    /// Over a limit of the loader (each names its flag): a file's or the path's bytes, the
+    /// number of files, directory nesting, or a YAML document's nodes (aliases expanded)
+    /// or nesting.
     TooLarge,
     /// Reading the repository failed.
     Io,
@@ -62,6 +66,7 @@ impl Code {
             Code::DuplicateName => "DuplicateName",
             Code::InvalidMetadata => "InvalidMetadata",
             Code::SymlinkEscapes => "SymlinkEscapes",
+            Code::SymlinkLoop => "SymlinkLoop",
             Code::PathEscapes => "PathEscapes",
             Code::TooLarge => "TooLarge",
             Code::Io => "IOError",

@@ -6,7 +6,9 @@
 //!   value spans (used for `file:line:col` errors and by the drift engine for minimal
 //!   line-level patches). Stable API.
 //! - [`load`]: reads every `*.yaml`/`*.yml` under a path of a repository, deterministic
-//!   order, symlinks leaving the repository refused, size limits.
+//!   order, symlinks leaving the repository refused, size and count limits.
+//! - [`budget`]: a YAML document's nodes (aliases expanded) and nesting, counted before
+//!   any value is built.
 //! - [`validate`]: the CRD's rules offline plus the semantic ones.
 //! - [`Manifests`]: the result of loading a path: files (text + indexed documents), the
 //!   valid DPDKConfig objects, skipped documents of other kinds, and diagnostics.
@@ -28,6 +30,7 @@ use std::path::Path;
 
 use dpdk_bridge::api::DPDKConfig;
 
+pub mod budget;
 pub mod diagnostic;
 pub mod load;
 pub mod position;
@@ -35,7 +38,7 @@ pub mod report;
 pub mod validate;
 
 pub use diagnostic::{Code, Diagnostic, Severity};
-use load::{LoadOptions, RawFile};
+use load::{LoadOptions, RawFile, YamlLimits};
 use position::IndexedDocument;
 
 /// One YAML file that was read.
@@ -95,17 +98,23 @@ impl Manifests {
     /// Loads and validates every YAML file under `path` of the repository at `root`.
     pub fn load(root: &Path, path: &str, opts: &LoadOptions) -> Manifests {
         let (files, mut diags) = load::collect_files(root, path, opts);
-        let mut m = Manifests::from_files(files);
+        let mut m = Manifests::from_files_with(files, &opts.yaml);
         diags.append(&mut m.diagnostics);
         m.diagnostics = diags;
         m
     }
 
-    /// Parses and validates files already read (paths relative to the repository root).
+    /// Parses and validates files already read (paths relative to the repository root),
+    /// with the default YAML limits.
     pub fn from_files(files: Vec<RawFile>) -> Manifests {
+        Manifests::from_files_with(files, &YamlLimits::default())
+    }
+
+    /// Parses and validates files already read, each document within `limits`.
+    pub fn from_files_with(files: Vec<RawFile>, limits: &YamlLimits) -> Manifests {
         let mut m = Manifests::default();
         for (i, f) in files.into_iter().enumerate() {
-            let r = validate::check_file(&f.path, &f.bytes, i);
+            let r = validate::check_file(&f.path, &f.bytes, i, limits);
             m.files.push(r.file);
             m.objects.extend(r.objects);
             m.skipped.extend(r.skipped);

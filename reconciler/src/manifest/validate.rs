@@ -12,7 +12,9 @@ use dpdk_bridge::labels;
 use kube::CustomResourceExt;
 use serde_json::{Map, Value};
 
+use super::budget;
 use super::diagnostic::{Code, Diagnostic};
+use super::load::YamlLimits;
 use super::position::{IndexedDocument, PositionIndex, index_file};
 use super::{ManifestFile, ManifestObject, SkippedDocument};
 use dpdk_bridge::json_pointer::escape_token;
@@ -45,7 +47,12 @@ pub(crate) struct FileResult {
 }
 
 /// Parses one file (multi-document) and validates every DPDKConfig in it.
-pub(crate) fn check_file(path: &str, bytes: &[u8], file_index: usize) -> FileResult {
+pub(crate) fn check_file(
+    path: &str,
+    bytes: &[u8],
+    file_index: usize,
+    limits: &YamlLimits,
+) -> FileResult {
     let mut out = FileResult {
         file: ManifestFile {
             path: path.to_string(),
@@ -81,7 +88,7 @@ pub(crate) fn check_file(path: &str, bytes: &[u8], file_index: usize) -> FileRes
             continue;
         }
         let mut diags = Vec::new();
-        match check_document(path, doc, &mut diags) {
+        match check_document(path, doc, limits, &mut diags) {
             DocOutcome::Object { name, body, config } => out.objects.push(ManifestObject {
                 name,
                 file: path.to_string(),
@@ -113,9 +120,26 @@ enum DocOutcome {
     Empty,
 }
 
-fn check_document(file: &str, doc: &IndexedDocument, diags: &mut Vec<Diagnostic>) -> DocOutcome {
+fn check_document(
+    file: &str,
+    doc: &IndexedDocument,
+    limits: &YamlLimits,
+    diags: &mut Vec<Diagnostic>,
+) -> DocOutcome {
     let index = &doc.index;
     let start = (doc.raw.start_line, 1);
+    // The budget first: an alias bomb or a deep document is refused before serde_yaml
+    // builds its value.
+    if let Err(b) = budget::check(&doc.raw.text, limits) {
+        diags.push(Diagnostic::error(
+            Code::TooLarge,
+            file,
+            doc.raw.start_line + b.line.saturating_sub(1),
+            b.col,
+            b.message,
+        ));
+        return DocOutcome::Invalid;
+    }
     let yaml: serde_yaml::Value = match serde_yaml::from_str(&doc.raw.text) {
         Ok(v) => v,
         Err(e) => {

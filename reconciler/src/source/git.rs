@@ -1,13 +1,24 @@
-//! Fetching with git2 (blocking: call it from `spawn_blocking`).
+//! Fetching with git2 (blocking: call [`fetch`] from `spawn_blocking`, or [`fetch_async`]).
 //!
 //! Each source has a bare repository cached on disk (`<cache>/repo.git`), so fetches are
 //! incremental. Fetches are shallow (depth 1) where the transport allows: https and ssh,
 //! not file:// (libgit2 cannot shallow-fetch over the local transport) and not for a pinned
-//! commit (which is fetched with every branch and tag). The revision's tree is checked out
-//! into `<cache>/checkouts/<sha>` (written to a temporary directory and renamed, so a
-//! reader never sees half a tree) for the loader.
+//! commit (which is fetched with every branch and tag). Only `spec.path` of the revision's
+//! tree is checked out, into `<cache>/checkouts/<sha>[-<path hash>]` (written to a temporary
+//! directory and renamed, so a reader never sees half a tree), within the loader's limits
+//! ([`checkout`]).
+//!
+//! A fetch stops at its deadline: the transfer-progress and sideband callbacks abort the
+//! download once it passes (or once the server sent more than `max_fetch_bytes`), and
+//! libgit2's connect and per-read timeouts ([`set_server_timeouts`], set by `run`) bound a
+//! server that stops answering, and a [`watchdog`] shuts the fetch's connections down at
+//! the deadline (a server trickling 1 byte/s calls none of our callbacks: libgit2 reports
+//! progress every 100 KB). No two fetches of one cache (one source) run at once.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use git2::{
     CertificateCheckStatus, Cred, CredentialType, FetchOptions, RemoteCallbacks, Repository,
@@ -15,14 +26,10 @@ use git2::{
 
 use super::auth::{self, Credentials};
 use super::spec::{RefSpec, Transport, parse_url, redact, redact_url};
-use crate::Error;
+use crate::manifest::load::LoadOptions;
 
-fn io_error(path: &Path, source: std::io::Error) -> Error {
-    Error::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
+mod checkout;
+mod watchdog;
 
 /// A fetched and checked-out revision.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,23 +38,149 @@ pub struct Fetched {
     pub sha: String,
     /// `<ref>@sha1:<sha>`.
     pub revision: String,
-    /// The checked-out tree (the repository root for the loader).
+    /// The checked-out tree (the repository root for the loader; only `spec.path` of it).
     pub checkout: PathBuf,
     /// Whether the fetch was shallow.
     pub shallow: bool,
 }
 
-/// Fetches `refspec` of `url` into the cache at `cache_dir` and checks the commit out.
-pub fn fetch(
-    url: &str,
-    refspec: &RefSpec,
-    creds: &Credentials,
-    cache_dir: &Path,
-) -> Result<Fetched, Error> {
+/// What to fetch, and the limits of the fetch and of the checkout.
+#[derive(Clone, Debug)]
+pub struct FetchRequest {
+    pub url: String,
+    pub refspec: RefSpec,
+    pub creds: Credentials,
+    /// The source's cache directory.
+    pub cache_dir: PathBuf,
+    /// `spec.path`: the only part of the tree checked out.
+    pub path: String,
+    /// The loader's limits, enforced on the tree before any blob is read.
+    pub limits: LoadOptions,
+    /// The whole fetch (connect, negotiation, download, checkout) ends by then.
+    pub timeout: Duration,
+    /// Most bytes received from the server (`--source-max-fetch-bytes`).
+    pub max_fetch_bytes: u64,
+}
+
+/// Flag of [`FetchRequest::max_fetch_bytes`].
+pub const MAX_FETCH_BYTES_FLAG: &str = "--source-max-fetch-bytes";
+/// Flag of [`FetchRequest::timeout`].
+pub const FETCH_TIMEOUT_FLAG: &str = "--source-fetch-timeout";
+
+/// Why a fetch gave no revision. `reason` is the DPDKConfigSource condition reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchError {
+    /// `FetchFailed`, or `ValidationFailed` for a fetched revision over a loader limit.
+    pub reason: &'static str,
+    pub message: String,
+    /// The revision, when it was fetched (and rejected).
+    pub revision: Option<String>,
+}
+
+impl FetchError {
+    fn failed(message: impl Into<String>) -> FetchError {
+        FetchError {
+            reason: "FetchFailed",
+            message: message.into(),
+            revision: None,
+        }
+    }
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<crate::Error> for FetchError {
+    fn from(e: crate::Error) -> FetchError {
+        FetchError::failed(e.to_string())
+    }
+}
+
+impl From<String> for FetchError {
+    fn from(message: String) -> FetchError {
+        FetchError::failed(message)
+    }
+}
+
+/// Sets libgit2's connect and per-read timeouts (process-wide C globals: call once, before
+/// any thread is started, e.g. first thing in `main`).
+///
+/// # Safety
+/// No other thread may use libgit2 while this runs (libgit2 writes the globals without
+/// synchronization).
+pub unsafe fn set_server_timeouts(connect: Duration, read: Duration) {
+    let ms = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX).max(1);
+    // SAFETY: the caller guarantees no concurrent libgit2 use.
+    unsafe {
+        let _ = git2::opts::set_server_connect_timeout_in_milliseconds(ms(connect));
+        let _ = git2::opts::set_server_timeout_in_milliseconds(ms(read));
+    }
+}
+
+/// Cache directories with a fetch running (in this process).
+static IN_FLIGHT: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+/// Holds a cache directory's fetch slot; released when dropped.
+struct Slot(PathBuf);
+
+impl Slot {
+    fn take(dir: &Path) -> Result<Slot, FetchError> {
+        let mut busy = IN_FLIGHT
+            .lock()
+            .map_err(|_| FetchError::failed("fetch registry poisoned"))?;
+        if !busy.insert(dir.to_path_buf()) {
+            return Err(FetchError::failed(
+                "a fetch of this source is still running; not starting a second one",
+            ));
+        }
+        Ok(Slot(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut busy) = IN_FLIGHT.lock() {
+            busy.remove(&self.0);
+        }
+    }
+}
+
+/// [`fetch`] on the blocking pool. The blocking fetch ends by its own deadline; this waits
+/// for it (with a grace period for cleanup), so no fetch outlives its call.
+pub async fn fetch_async(req: FetchRequest) -> Result<Fetched, FetchError> {
+    let timeout = req.timeout;
+    let task = tokio::task::spawn_blocking(move || fetch(&req));
+    // The deadline is enforced inside; the margin only covers a checkout in progress.
+    match tokio::time::timeout(timeout + Duration::from_secs(30), task).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(FetchError::failed(format!("fetch task: {e}"))),
+        Err(_) => Err(FetchError::failed(format!(
+            "fetch did not stop {}s after its deadline",
+            timeout.as_secs() + 30
+        ))),
+    }
+}
+
+/// What aborted a fetch from inside a callback.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Abort {
+    Deadline,
+    TooLarge(u64),
+}
+
+/// Fetches `refspec` of `url` into the cache and checks `spec.path` of the commit out.
+pub fn fetch(req: &FetchRequest) -> Result<Fetched, FetchError> {
+    let deadline = Instant::now() + req.timeout;
+    let _slot = Slot::take(&req.cache_dir)?;
+    let (url, refspec, creds, cache_dir) = (&req.url, &req.refspec, &req.creds, &req.cache_dir);
     let remote_info = parse_url(url)?;
     // What messages show of the URL: never the credentials it may carry.
     let shown = redact_url(url);
-    std::fs::create_dir_all(cache_dir).map_err(|e| io_error(cache_dir, e))?;
+    std::fs::create_dir_all(cache_dir)
+        .map_err(|e| format!("cache {}: {e}", cache_dir.display()))?;
     let repo_dir = cache_dir.join("repo.git");
     let repo = match Repository::open_bare(&repo_dir) {
         Ok(r) => r,
@@ -55,11 +188,7 @@ pub fn fetch(
             // A missing or corrupt cache is rebuilt from scratch.
             let _ = std::fs::remove_dir_all(&repo_dir);
             Repository::init_bare(&repo_dir).map_err(|e| {
-                Error::Fetch(format!(
-                    "initializing cache {}: {}",
-                    repo_dir.display(),
-                    e.message()
-                ))
+                format!("initializing cache {}: {}", repo_dir.display(), e.message())
             })?
         }
     };
@@ -137,6 +266,37 @@ pub fn fetch(
         Transport::File => Ok(CertificateCheckStatus::CertificatePassthrough),
     });
 
+    let abort: Arc<Mutex<Option<Abort>>> = Arc::default();
+    let (a1, a2) = (abort.clone(), abort.clone());
+    let max_bytes = req.max_fetch_bytes;
+    callbacks.transfer_progress(move |p| {
+        let why = if Instant::now() >= deadline {
+            Some(Abort::Deadline)
+        } else if p.received_bytes() as u64 > max_bytes {
+            Some(Abort::TooLarge(p.received_bytes() as u64))
+        } else {
+            None
+        };
+        match why {
+            Some(w) => {
+                if let Ok(mut a) = a1.lock() {
+                    *a = Some(w);
+                }
+                false
+            }
+            None => true,
+        }
+    });
+    callbacks.sideband_progress(move |_| {
+        if Instant::now() >= deadline {
+            if let Ok(mut a) = a2.lock() {
+                *a = Some(Abort::Deadline);
+            }
+            return false;
+        }
+        true
+    });
+
     let mut fo = FetchOptions::new();
     fo.remote_callbacks(callbacks);
     fo.download_tags(git2::AutotagOption::None);
@@ -154,48 +314,82 @@ pub fn fetch(
     }
     let mut remote = repo
         .remote_anonymous(url)
-        .map_err(|e| Error::Fetch(format!("remote {shown}: {}", redact(e.message(), url))))?;
+        .map_err(|e| format!("remote {shown}: {}", redact(e.message(), url)))?;
     let specs = refspec.refspecs();
     let spec_refs: Vec<&str> = specs.iter().map(String::as_str).collect();
-    remote.fetch(&spec_refs, Some(&mut fo), None).map_err(|e| {
-        let why = rejection
-            .lock()
-            .ok()
-            .and_then(|r| r.clone())
-            .unwrap_or_else(|| e.message().to_string());
+    let dog = match transport {
+        Transport::File => None,
+        _ => Some(watchdog::Watchdog::start(
+            &remote_info.host,
+            remote_info.port.unwrap_or(match transport {
+                Transport::Ssh => 22,
+                _ => 443,
+            }),
+            deadline,
+        )),
+    };
+    let fetched = remote.fetch(&spec_refs, Some(&mut fo), None);
+    let cut = dog.is_some_and(watchdog::Watchdog::finish);
+    fetched.map_err(|e| {
+        let aborted = abort.lock().ok().and_then(|a| a.clone());
+        let why = match aborted {
+            Some(Abort::Deadline) => timed_out(req.timeout),
+            Some(Abort::TooLarge(n)) => format!(
+                "the server sent more than {max_bytes} bytes ({n} so far, {MAX_FETCH_BYTES_FLAG}); aborted"
+            ),
+            None if cut || Instant::now() >= deadline => timed_out(req.timeout),
+            None => rejection
+                .lock()
+                .ok()
+                .and_then(|r| r.clone())
+                .unwrap_or_else(|| e.message().to_string()),
+        };
         let why = redact(&why, url);
-        Error::Fetch(format!(
-            "fetching {} from {shown}: {why}",
-            describe(refspec)
-        ))
+        format!("fetching {} from {shown}: {why}", describe(refspec))
     })?;
 
     let commit = match refspec {
         RefSpec::Commit(sha) => {
-            let oid = git2::Oid::from_str(sha).map_err(|e| Error::Fetch(e.message().into()))?;
+            let oid = git2::Oid::from_str(sha).map_err(|e| e.message().to_string())?;
             repo.find_commit(oid).map_err(|_| {
-                Error::Fetch(format!(
-                    "commit {sha} is not reachable from any branch or tag of {shown}"
-                ))
+                format!("commit {sha} is not reachable from any branch or tag of {shown}")
             })?
         }
         _ => {
             let local = refspec.local_ref().unwrap_or_default();
             let r = repo
                 .find_reference(&local)
-                .map_err(|_| Error::Fetch(format!("{} not found in {shown}", describe(refspec))))?;
+                .map_err(|_| format!("{} not found in {shown}", describe(refspec)))?;
             r.peel_to_commit()
-                .map_err(|e| Error::Fetch(format!("{}: {}", describe(refspec), e.message())))?
+                .map_err(|e| format!("{}: {}", describe(refspec), e.message()))?
         }
     };
     let sha = commit.id().to_string();
-    let checkout = checkout_tree(&repo, &commit, cache_dir)?;
+    let revision = refspec.revision(&sha);
+    let checkout =
+        checkout_tree(&repo, &commit, cache_dir, &req.path, &req.limits).map_err(|e| match e {
+            checkout::CheckoutError::Limit(d) => FetchError {
+                reason: "ValidationFailed",
+                message: format!("revision {revision} rejected, nothing applied: {d}"),
+                revision: Some(revision.clone()),
+            },
+            checkout::CheckoutError::Io(m) => {
+                FetchError::failed(format!("checking out {sha}: {m}"))
+            }
+        })?;
     Ok(Fetched {
-        revision: refspec.revision(&sha),
+        revision,
         sha,
         checkout,
         shallow,
     })
+}
+
+fn timed_out(timeout: Duration) -> String {
+    format!(
+        "fetch timed out after {}s ({FETCH_TIMEOUT_FLAG}); aborted",
+        timeout.as_secs()
+    )
 }
 
 fn describe(r: &RefSpec) -> String {
@@ -206,37 +400,40 @@ fn describe(r: &RefSpec) -> String {
     }
 }
 
-/// Checks `commit`'s tree out into `<cache>/checkouts/<sha>` unless it is already there,
-/// and removes older checkouts (keeping the newest two for readers still using them).
+/// Checks `path` of `commit`'s tree out into `<cache>/checkouts/<name>` unless it is
+/// already there, and removes older checkouts (keeping the newest previous one for readers
+/// still using it).
 fn checkout_tree(
     repo: &Repository,
     commit: &git2::Commit<'_>,
     cache_dir: &Path,
-) -> Result<PathBuf, Error> {
+    path: &str,
+    limits: &LoadOptions,
+) -> Result<PathBuf, checkout::CheckoutError> {
+    use checkout::CheckoutError::Io;
     let sha = commit.id().to_string();
+    let name = checkout::checkout_name(&sha, path);
     let dir = cache_dir.join("checkouts");
-    let target = dir.join(&sha);
+    let target = dir.join(&name);
     if target.is_dir() {
         return Ok(target);
     }
-    std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
-    let tmp = dir.join(format!(".tmp-{sha}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| Io(format!("{}: {e}", dir.display())))?;
+    let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| io_error(&tmp, e))?;
-    let tree = commit
-        .tree()
-        .map_err(|e| Error::Fetch(e.message().into()))?;
-    let mut cb = git2::build::CheckoutBuilder::new();
-    cb.target_dir(&tmp).force().recreate_missing(true);
-    repo.checkout_tree(tree.as_object(), Some(&mut cb))
-        .map_err(|e| Error::Fetch(format!("checking out {sha}: {}", e.message())))?;
+    std::fs::create_dir_all(&tmp).map_err(|e| Io(format!("{}: {e}", tmp.display())))?;
+    let tree = commit.tree().map_err(|e| Io(e.message().to_string()))?;
+    if let Err(e) = checkout::write_path(repo, &tree, path, limits, &tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     if let Err(e) = std::fs::rename(&tmp, &target) {
         let _ = std::fs::remove_dir_all(&tmp);
         if !target.is_dir() {
-            return Err(io_error(&target, e));
+            return Err(Io(format!("{}: {e}", target.display())));
         }
     }
-    prune_checkouts(&dir, &sha);
+    prune_checkouts(&dir, &name);
     Ok(target)
 }
 

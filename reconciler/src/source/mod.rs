@@ -242,8 +242,10 @@ pub struct SourceOptions {
     pub cache_dir: PathBuf,
     /// Loader limits.
     pub load: LoadOptions,
-    /// A fetch taking longer fails.
+    /// A fetch taking longer is aborted and fails.
     pub fetch_timeout: Duration,
+    /// A fetch receiving more bytes from the server is aborted and fails.
+    pub max_fetch_bytes: u64,
     /// First retry delay after a failure; doubles per failure up to `max_backoff` (and
     /// never beyond the source's interval).
     pub min_backoff: Duration,
@@ -262,10 +264,33 @@ impl Default for SourceOptions {
             cache_dir: std::env::temp_dir().join("dpdk-reconciler-sources"),
             load: LoadOptions::default(),
             fetch_timeout: Duration::from_secs(120),
+            max_fetch_bytes: 256 * 1024 * 1024,
             min_backoff: Duration::from_secs(2),
             max_backoff: Duration::from_secs(300),
             jitter: 0.1,
             apply_concurrency: 16,
+        }
+    }
+}
+
+impl SourceOptions {
+    /// The fetch of `src` (its `spec.path` only, within these limits).
+    pub(crate) fn fetch_request(
+        &self,
+        src: &DPDKConfigSource,
+        refspec: spec::RefSpec,
+        creds: auth::Credentials,
+        cache_dir: PathBuf,
+    ) -> git::FetchRequest {
+        git::FetchRequest {
+            url: src.spec.url.clone(),
+            refspec,
+            creds,
+            cache_dir,
+            path: src.spec.path.clone(),
+            limits: self.load.clone(),
+            timeout: self.fetch_timeout,
+            max_fetch_bytes: self.max_fetch_bytes,
         }
     }
 }
@@ -288,9 +313,16 @@ pub struct SourceArgs {
     /// a local path could read another source's cache or any file the reconciler can.
     #[arg(long)]
     pub allow_file_urls: bool,
-    /// A Git fetch taking longer than this fails (a Go duration: 30s, 2m).
+    /// A Git fetch taking longer than this is aborted (connect, negotiation and download
+    /// alike) and fails (a Go duration: 30s, 2m).
     #[arg(long, default_value = "2m", value_parser = dpdk_bridge::duration::parse)]
     pub source_fetch_timeout: Duration,
+    /// A Git fetch receiving more bytes than this from the server is aborted and fails.
+    #[arg(long, default_value_t = SourceOptions::default().max_fetch_bytes)]
+    pub source_max_fetch_bytes: u64,
+    /// The loader's limits (the same flags as `validate`).
+    #[command(flatten)]
+    pub limits: crate::manifest::load::LimitArgs,
 }
 
 impl SourceArgs {
@@ -300,6 +332,8 @@ impl SourceArgs {
             allow_file_urls: self.allow_file_urls,
             cache_dir: self.source_cache_dir,
             fetch_timeout: self.source_fetch_timeout.max(Duration::from_secs(1)),
+            max_fetch_bytes: self.source_max_fetch_bytes,
+            load: self.limits.into_options(),
             ..SourceOptions::default()
         }
     }

@@ -4,7 +4,7 @@
 //! is an [`Error`] whose kind decides the retry ([`retry_policy`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -423,7 +423,9 @@ async fn sync(
         move |error: Error| Attempt::Failed { revision, error }
     };
     let refspec = check_spec(src, ctx.opts.allow_file_urls).map_err(failed(None))?;
-    let fetched = fetch(ctx, src, key, &refspec).await.map_err(failed(None))?;
+    let fetched = fetch(ctx, src, key, &refspec)
+        .await
+        .map_err(|f| failed(f.revision.as_deref())(f.error))?;
     let manifests = load(ctx, src, &fetched)
         .await
         .map_err(failed(Some(&fetched.revision)))?;
@@ -493,24 +495,54 @@ async fn fetch(
     src: &DPDKConfigSource,
     key: &SourceKey,
     refspec: &RefSpec,
-) -> Result<Fetched, Error> {
-    let creds = read_credentials(&ctx.client, src).await?;
+) -> Result<Fetched, FetchFailure> {
+    let creds = read_credentials(&ctx.client, src)
+        .await
+        .map_err(FetchFailure::before_revision)?;
     let cache = ctx.opts.cache_dir.join(&key.namespace).join(&key.name);
     let started = Instant::now();
-    let fetched = fetch_blocking(
-        &src.spec.url,
-        refspec,
-        &creds,
-        &cache,
-        ctx.opts.fetch_timeout,
-    )
-    .await;
+    let request = ctx.opts.fetch_request(src, refspec.clone(), creds, cache);
+    let fetched = git::fetch_async(request).await;
     ctx.metrics
         .observe_fetch(&key.to_string(), fetched.is_ok(), started.elapsed());
     ensure_watcher(ctx, key, &src.spec.url);
-    let fetched = fetched.inspect_err(|e| warn!(error = %e, "fetch failed"))?;
+    let fetched = fetched
+        .inspect_err(|e| warn!(error = %e, "fetch failed"))
+        .map_err(FetchFailure::from)?;
     info!(revision = %fetched.revision, shallow = fetched.shallow, "fetched");
     Ok(fetched)
+}
+
+/// A failed fetch: the revision when one was fetched and then refused (over a loader
+/// limit: `ValidationFailed`), else none (`FetchFailed`).
+struct FetchFailure {
+    revision: Option<String>,
+    error: Error,
+}
+
+impl FetchFailure {
+    fn before_revision(error: Error) -> FetchFailure {
+        FetchFailure {
+            revision: None,
+            error,
+        }
+    }
+}
+
+impl From<git::FetchError> for FetchFailure {
+    fn from(e: git::FetchError) -> FetchFailure {
+        let error = match (&e.revision, e.reason) {
+            (Some(revision), "ValidationFailed") => Error::InvalidRevision {
+                revision: revision.clone(),
+                message: e.message.clone(),
+            },
+            _ => Error::Fetch(e.message.clone()),
+        };
+        FetchFailure {
+            revision: e.revision,
+            error,
+        }
+    }
 }
 
 /// Load and validate every DPDKConfig under `spec.path`; any error rejects the revision.
@@ -735,33 +767,6 @@ async fn read_credentials(client: &Client, src: &DPDKConfigSource) -> Result<Cre
         .map(|(k, v)| (k, v.0))
         .collect();
     Ok(Credentials::from_secret_data(&data))
-}
-
-async fn fetch_blocking(
-    url: &str,
-    refspec: &RefSpec,
-    creds: &Credentials,
-    cache: &Path,
-    timeout: Duration,
-) -> Result<Fetched, Error> {
-    let (url, refspec, creds, cache) = (
-        url.to_string(),
-        refspec.clone(),
-        creds.clone(),
-        cache.to_path_buf(),
-    );
-    let task = tokio::task::spawn_blocking(move || git::fetch(&url, &refspec, &creds, &cache));
-    match tokio::time::timeout(timeout, task).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => Err(Error::Task {
-            task: "fetch",
-            message: e.to_string(),
-        }),
-        Err(_) => Err(Error::Fetch(format!(
-            "fetch timed out after {}s",
-            timeout.as_secs()
-        ))),
-    }
 }
 
 /// For file:// sources: fetch when a ref of the local repository changes.
