@@ -20,7 +20,6 @@ use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use super::api::KUBELET_SOCKET;
@@ -156,17 +155,17 @@ pub async fn run(
             }
         }
         for resource in wanted {
-            if !tasks.contains_key(&resource) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = tasks.entry(resource) {
+                let resource = slot.key().clone();
                 tracing::info!(%resource, "resource added: starting its server");
-                let task = ResourceTask::spawn(
+                slot.insert(ResourceTask::spawn(
                     &config,
-                    resource.clone(),
+                    resource,
                     snapshots.clone(),
                     metrics.clone(),
                     registrations.clone(),
                     &stop,
-                );
-                tasks.insert(resource, task);
+                ));
             }
         }
 
@@ -314,7 +313,7 @@ impl ResourceCtx {
         let join = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_service(DevicePluginServer::new(service))
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+                .serve_with_incoming_shutdown(super::authority::incoming(listener), shutdown)
                 .await;
             if let Err(source) = served {
                 tracing::error!(error = %Error::Serve { socket, source }, "server failed");
