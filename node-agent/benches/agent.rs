@@ -35,6 +35,7 @@ fn targets(nics: &[FakeNic]) -> Vec<Target> {
             address: PciAddress::parse(&n.bdf).expect("bdf"),
             driver: "vfio-pci".into(),
             resource_name: Some("intel.com/dpdk".into()),
+            eni_mac: Default::default(),
         })
         .collect()
 }

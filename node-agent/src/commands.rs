@@ -296,6 +296,7 @@ fn journaled_targets(journal: &Journal, except: &BTreeSet<PciAddress>) -> Vec<Ta
             address: e.address.clone(),
             driver: e.target_driver.clone(),
             resource_name: e.resource_name.clone(),
+            eni_mac: Default::default(),
         })
         .collect()
 }

@@ -26,6 +26,7 @@ pub mod journal;
 pub mod kernel;
 pub mod mapping;
 pub mod modules;
+pub mod netlink;
 pub mod podresources;
 pub mod reconcile;
 pub mod report;

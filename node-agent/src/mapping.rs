@@ -1,6 +1,8 @@
 //! ENI → PCI address.
 //!
-//! 1. `dpdkPCIAddress` (the device's `pciAddress` in the DPDKNodeState spec) when set.
+//! 1. `dpdkPCIAddress` (the device's `pciAddress` in the DPDKNodeState spec) when set. It
+//!    is not trusted: when IMDS answers, the MAC it lists for the ENI goes with the target,
+//!    and the safety check refuses a device whose MAC differs.
 //! 2. The journal, for a device the agent already bound: its netdev (and so its MAC) is gone
 //!    from sysfs, but the journal recorded the ENI ID and MAC before binding.
 //! 3. IMDSv2: a session token (`PUT /latest/api/token`), then
@@ -14,11 +16,12 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::sync::Mutex;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::error::Error;
 use crate::journal::Journal;
 use crate::reconcile::Target;
+use crate::safety::EniMac;
 use crate::sysfs::{PciAddress, Sysfs};
 
 /// The instance metadata service's address on EC2.
@@ -216,16 +219,22 @@ pub async fn resolve(
     imds: Option<&Imds>,
 ) -> Result<Target, Error> {
     let index = desired.device_index;
-    let target = |address: PciAddress| Target {
+    let target = |address: PciAddress, eni_mac: EniMac| Target {
         device_index: index,
         node_eni: Some(desired.node_eni.clone()),
         eni_id: desired.eni_id.clone(),
         address,
         driver: desired.driver.as_str().to_string(),
         resource_name: Some(desired.resource_name.clone()),
+        eni_mac,
     };
     if let Some(pci) = &desired.pci_address {
-        return Ok(target(PciAddress::parse(pci)?));
+        let address = PciAddress::parse(pci)?;
+        let eni_mac = match (imds, desired.eni_id.as_deref()) {
+            (Some(imds), Some(eni)) => eni_mac(imds, eni).await,
+            _ => EniMac::Unchecked,
+        };
+        return Ok(target(address, eni_mac));
     }
     let Some(eni) = desired.eni_id.as_deref() else {
         return Err(Error::Mapping {
@@ -237,7 +246,7 @@ pub async fn resolve(
         });
     };
     if let Some(e) = journal.find_by_eni(eni) {
-        return Ok(target(e.address.clone()));
+        return Ok(target(e.address.clone(), EniMac::Unchecked));
     }
     let imds = imds.ok_or_else(|| Error::Mapping {
         device_index: index,
@@ -249,8 +258,12 @@ pub async fn resolve(
         device_index: index,
         message: format!("IMDS lists no interface whose interface-id is {eni} (not attached to this instance yet?)"),
     })?;
+    let listed = EniMac::Listed {
+        eni: eni.to_string(),
+        mac: mac.clone(),
+    };
     if let Some(e) = journal.find_by_mac(&mac) {
-        return Ok(target(e.address.clone()));
+        return Ok(target(e.address.clone(), listed));
     }
     let iface = sysfs
         .net_interfaces()?
@@ -271,5 +284,23 @@ pub async fn resolve(
         ),
     })?;
     debug!(eni, mac, interface = %iface.name, %address, "mapped ENI to PCI device");
-    Ok(target(address))
+    Ok(target(address, listed))
+}
+
+/// What IMDS lists as `eni`'s MAC; unchecked when IMDS does not answer (the other checks
+/// still apply).
+async fn eni_mac(imds: &Imds, eni: &str) -> EniMac {
+    match imds.mac_for_eni(eni).await {
+        Ok(Some(mac)) => EniMac::Listed {
+            eni: eni.to_string(),
+            mac,
+        },
+        Ok(None) => EniMac::NotListed {
+            eni: eni.to_string(),
+        },
+        Err(e) => {
+            warn!(eni, error = %e, "IMDS: cannot confirm the MAC of dpdkPCIAddress's device");
+            EniMac::Unchecked
+        }
+    }
 }

@@ -19,7 +19,7 @@ use crate::binding::{self, Outcome};
 use crate::error::Error;
 use crate::journal::{Entry, Journal, Phase};
 use crate::kernel::Kernel;
-use crate::safety::{self, Candidate, HostNetwork, SafetyPolicy};
+use crate::safety::{self, Candidate, EniMac, HostNetwork, SafetyPolicy};
 use crate::sysfs::{PciAddress, Sysfs};
 
 /// Device health values in `DPDKNodeState.status.devices[].health`.
@@ -40,6 +40,8 @@ pub struct Target {
     pub address: PciAddress,
     pub driver: String,
     pub resource_name: Option<String>,
+    /// What IMDS says the ENI's MAC is (checked against the device's before binding).
+    pub eni_mac: EniMac,
 }
 
 /// The node as the reconcile sees it: where to read, how to write, what is safe.
@@ -235,11 +237,22 @@ fn bind_target(ctx: &NodeContext<'_>, journal: &mut Journal, target: &Target, re
         && info.driver.as_deref() == Some(target.driver.as_str());
     if !settled {
         // The checks run on what the device looks like now, before anything changes.
+        let drivers: Vec<String> = info
+            .driver
+            .iter()
+            .chain(&info.child_drivers)
+            .chain(status.original_driver.iter())
+            .cloned()
+            .collect();
         let candidate = Candidate {
             device_index: target.device_index,
             address: addr.as_str(),
             interfaces: &info.interfaces,
             mac: mac_now.as_deref().or(status.mac.as_deref()),
+            class: info.class.as_deref(),
+            vendor: info.vendor.as_deref(),
+            drivers: &drivers,
+            eni_mac: &target.eni_mac,
         };
         if let Err(refusal) = safety::check(&candidate, ctx.network, ctx.policy) {
             status.driver = info.driver.clone();

@@ -146,6 +146,11 @@ pub struct PciDeviceInfo {
     /// PCI vendor and device IDs as sysfs prints them (`0x8086`).
     pub vendor: Option<String>,
     pub device: Option<String>,
+    /// PCI class code as sysfs prints it (`0x020000` is an Ethernet controller).
+    pub class: Option<String>,
+    /// Drivers of the device's children on other buses (`virtio0/driver`: virtio_net,
+    /// virtio_blk).
+    pub child_drivers: Vec<String>,
     /// Network interfaces the device has now (gone once a DPDK driver holds it).
     pub interfaces: Vec<String>,
 }
@@ -245,6 +250,8 @@ impl Sysfs {
             vfio_group_dev_exists,
             vendor: read_trimmed(&dir.join("vendor"))?,
             device: read_trimmed(&dir.join("device"))?,
+            class: read_trimmed(&dir.join("class"))?,
+            child_drivers: self.child_drivers(address)?,
             interfaces: self.interfaces_of(address)?,
         })
     }
@@ -298,6 +305,20 @@ impl Sysfs {
                 .and_then(|v| v.parse::<i64>().ok())
                 .and_then(|n| u32::try_from(n).ok()),
         )
+    }
+
+    /// The drivers bound to the device's virtio children (`<device>/virtio<N>/driver`).
+    pub fn child_drivers(&self, address: &PciAddress) -> Result<Vec<String>, Error> {
+        let dir = self.pci_device_dir(address);
+        let mut out = Vec::new();
+        for name in list_dir_names(&dir)? {
+            if name.starts_with("virtio")
+                && let Some(driver) = link_target_name(&dir.join(&name).join("driver"))?
+            {
+                out.push(driver);
+            }
+        }
+        Ok(out)
     }
 
     /// The network interfaces the device has now. virtio NICs put them one level down

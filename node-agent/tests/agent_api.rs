@@ -6,7 +6,9 @@
 //! - the ServiceAccount can do nothing beyond its job;
 //! - teardown restores the original drivers and clears the attachment fields;
 //! - shutdown never unbinds, and a restart picks up from the journal without rebinding;
-//! - a device a pod holds (kubelet PodResources) is reported InUse and restored once free.
+//! - a device a pod holds (kubelet PodResources) is reported InUse and restored once free;
+//! - a dpdkPCIAddress naming the EBS root volume, or a NIC whose MAC is not the ENI's in
+//!   IMDS, is refused with its reason in DPDKNodeState.status, and never unbound.
 
 mod agent_support;
 
@@ -730,5 +732,129 @@ async fn a_stale_attachment_patch_is_refused_and_the_retry_keeps_both_writers_fi
             .await
             .expect("report"),
         "no write when nothing changed"
+    );
+}
+
+/// The reasons of refusals reach DPDKNodeState.status on the real API server: the EBS root
+/// volume (an NVMe controller with no netdev) named as dpdkPCIAddress, and a NIC whose MAC
+/// IMDS lists for another ENI. Neither is unbound.
+#[tokio::test]
+async fn refused_targets_are_reported_with_their_reason_and_never_unbound() {
+    let cp = shared();
+    apply_rbac(cp);
+    let admin = cp.client().await.expect("admin");
+    let node_name = unique_name("dpdk-node");
+    fixtures::create_node(&admin, &node_name, &[], "10.0.0.10")
+        .await
+        .expect("node");
+    let (primary, nic6, nic7) = (FakeNic::ena(5), FakeNic::ena(6), FakeNic::ena(7));
+    let ebs = FakeNic::ebs_nvme(4);
+    let node = FakeNode::new(&[primary.clone(), nic6.clone(), nic7.clone()]);
+    node.register_driver("nvme").expect("nvme");
+    node.add_nic(ebs.clone());
+    let node = Arc::new(node);
+    node.add_route(&primary.ifname, "0.0.0.0", "0.0.0.0", "10.0.0.1");
+    let stub = ImdsStub::start(&[
+        (&primary.mac, "eni-0primary", 0),
+        (&nic6.mac, "eni-0aaaa", 2),
+        (&nic7.mac, "eni-0bbbb", 3),
+    ])
+    .await;
+    // A NodeENI whose dpdkPCIAddress was forged to the root volume, and one whose address
+    // names ens7 although its ENI is ens6.
+    let states: Api<DPDKNodeState> = Api::all(admin.clone());
+    let spec = DPDKNodeStateSpec {
+        devices: vec![
+            device(1, "forged-eni", "eni-0bbbb", Some(&ebs.bdf)),
+            device(2, "swapped-eni", "eni-0aaaa", Some(&nic7.bdf)),
+        ],
+        configs: vec!["default-dpdk-config".into()],
+        ..Default::default()
+    };
+    states
+        .create(
+            &PostParams::default(),
+            &DPDKNodeState::new(&node_name, spec),
+        )
+        .await
+        .expect("create state");
+    let sa = cp
+        .service_account_client("dpdk-operator", "dpdk-node-agent")
+        .await
+        .expect("sa client");
+    let token = CancellationToken::new();
+    let imds = Imds::new(&stub.endpoint()).expect("imds");
+    let run = tokio::spawn(agent(&node_name, sa, &node, Some(imds), None).run(token.clone()));
+
+    let status = eventually(60, "both devices Refused in the status", || {
+        let (states, node_name) = (states.clone(), node_name.clone());
+        async move {
+            let s = states
+                .get_status(&node_name)
+                .await
+                .map_err(|e| e.to_string())?;
+            let st = s.status.clone().unwrap_or_default();
+            let refused = st
+                .devices
+                .iter()
+                .filter(|d| d.health.as_deref() == Some("Refused"))
+                .count();
+            (refused == 2)
+                .then_some(st)
+                .ok_or(format!("{:?}", s.status))
+        }
+    })
+    .await;
+    token.cancel();
+    run.await.expect("join").expect("agent");
+    assert_eq!(status.sync_status, Some(SyncStatus::Failed));
+    let row = |i: i32| {
+        status
+            .devices
+            .iter()
+            .find(|d| d.device_index == i)
+            .expect("device row")
+    };
+    let volume = row(1);
+    let reason = volume.message.clone().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("refusing to bind {}", ebs.bdf))
+            && reason.contains("not a network controller (PCI class 0x010802"),
+        "{reason}"
+    );
+    assert_eq!(volume.driver.as_deref(), Some("nvme"));
+    let swapped = row(2).message.clone().unwrap_or_default();
+    assert!(
+        swapped.contains(&format!(
+            "its MAC {} is not the MAC of eni-0aaaa: IMDS lists {}",
+            nic7.mac, nic6.mac
+        )),
+        "{swapped}"
+    );
+    let last = status.last_sync_error.clone().unwrap_or_default();
+    assert!(
+        last.contains("0x010802") && last.contains("eni-0aaaa"),
+        "{last}"
+    );
+    assert!(
+        conditions::find(&status.conditions, conditions::STALLED)
+            .is_some_and(|c| c.status == "True" && c.reason == "Refused"),
+        "{:?}",
+        status.conditions
+    );
+    assert_eq!(
+        node.driver_of(&ebs.bdf).as_deref(),
+        Some("nvme"),
+        "the root volume keeps nvme"
+    );
+    assert_eq!(node.driver_of(&nic7.bdf).as_deref(), Some("ena"));
+    assert!(
+        kernel(&node)
+            .writes
+            .lock()
+            .expect("lock")
+            .iter()
+            .all(|(p, v)| !p.contains(&ebs.bdf) && v != &ebs.bdf && v != &nic7.bdf),
+        "no sysfs write ever named either device"
     );
 }

@@ -1,6 +1,7 @@
 //! Binding on a fake sysfs tree driven by a model of the kernel's driver core: the
 //! driver_override → unbind → drivers_probe sequence, verification, restore, the journal's
-//! crash recovery at every step, the safety refusals and the PodResources in-use hold.
+//! crash recovery at every step, the safety refusals (what the device is, whose it is, what
+//! the node uses) and the PodResources in-use hold.
 
 mod agent_support;
 
@@ -12,7 +13,7 @@ use dpdk_bridge::api::DpdkDriver;
 use dpdk_node_agent::journal::{Journal, Phase};
 use dpdk_node_agent::modules::ModuleConfig;
 use dpdk_node_agent::reconcile::{self, NodeContext, Report, Target, health};
-use dpdk_node_agent::safety::{self, HostNetwork, InterfaceAddress, SafetyPolicy};
+use dpdk_node_agent::safety::{self, EniMac, HostNetwork, InterfaceAddress, SafetyPolicy};
 use dpdk_node_agent::sysfs::{PciAddress, Sysfs};
 
 fn load_vfio(node: &FakeNode) {
@@ -33,6 +34,7 @@ fn target(nic: &FakeNic, index: i32) -> Target {
         address: PciAddress::parse(&nic.bdf).expect("bdf"),
         driver: "vfio-pci".into(),
         resource_name: Some("intel.com/intel_sriov_netdevice_2".into()),
+        eni_mac: EniMac::Unchecked,
     }
 }
 
@@ -50,6 +52,7 @@ impl Env {
                 &std::fs::read_to_string(node.proc_.join("net/route")).expect("route"),
             ),
             addresses: vec![],
+            rules: vec![],
         };
         Self {
             sysfs: Sysfs::new(&node.sys),
@@ -456,4 +459,177 @@ fn binding_without_the_driver_loaded_says_to_load_it() {
     );
     assert!(node.kernel.take_writes().is_empty(), "nothing written");
     assert_eq!(node.driver_of(&nic.bdf).as_deref(), Some("ena"));
+}
+
+/// Asserts the device was refused with `needle` in its row, and nothing was written,
+/// journaled or unbound.
+fn assert_refused_untouched(
+    node: &FakeNode,
+    report: &Report,
+    bdf: &str,
+    driver: &str,
+    needle: &str,
+) {
+    let d = report
+        .devices
+        .iter()
+        .find(|d| d.pci_address.as_deref() == Some(bdf))
+        .expect("device row");
+    assert_eq!(d.health.as_deref(), Some(health::REFUSED), "{d:?}");
+    let msg = d.message.clone().unwrap_or_default();
+    assert!(msg.contains(needle), "{msg:?} should mention {needle}");
+    assert!(
+        report.errors.iter().any(|e| e.contains(needle)),
+        "{:?}",
+        report.errors
+    );
+    assert!(!d.bound);
+    assert_eq!(
+        d.driver.as_deref(),
+        Some(driver),
+        "reported where it still is"
+    );
+    assert_eq!(
+        node.driver_of(bdf).as_deref(),
+        Some(driver),
+        "{bdf} never unbound from {driver}"
+    );
+    assert!(
+        node.kernel
+            .take_writes()
+            .iter()
+            .all(|(path, value)| !path.contains(bdf) && value != bdf),
+        "no sysfs write names {bdf}"
+    );
+    let journal = Journal::open(&node.state).expect("journal");
+    assert!(
+        journal.get(&PciAddress::parse(bdf).expect("bdf")).is_none(),
+        "refused devices are never journaled"
+    );
+}
+
+/// Fake sysfs: the EBS root volume (Amazon NVMe controller, class 0x010802, driver nvme,
+/// no netdev, so no route or address check could see it) named as dpdkPCIAddress.
+#[test]
+fn an_nvme_volume_named_as_the_pci_address_is_refused_and_keeps_nvme() {
+    let nic = FakeNic::ena(6);
+    let node = FakeNode::new(std::slice::from_ref(&nic));
+    node.register_driver("nvme").expect("nvme");
+    let ebs = FakeNic::ebs_nvme(4);
+    node.add_nic(ebs.clone());
+    load_vfio(&node);
+    assert_eq!(node.driver_of(&ebs.bdf).as_deref(), Some("nvme"));
+    let env = Env::new(&node);
+
+    let report = env.converge(&node, &[target(&ebs, 1), target(&nic, 2)]);
+    assert_refused_untouched(
+        &node,
+        &report,
+        &ebs.bdf,
+        "nvme",
+        "not a network controller (PCI class 0x010802",
+    );
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    assert_eq!(
+        node.driver_of(&nic.bdf).as_deref(),
+        Some("vfio-pci"),
+        "the real NIC next to it still binds"
+    );
+}
+
+/// Fake sysfs: a network-class device held by a storage driver, and a device on ena whose
+/// vendor is not Amazon's, are refused; an Intel NIC on e1000e (the QEMU guest's) binds.
+#[test]
+fn a_storage_driver_or_an_ena_device_without_amazons_vendor_is_refused() {
+    let node = FakeNode::new(&[]);
+    for d in ["virtio_blk", "e1000e"] {
+        node.register_driver(d).expect("driver");
+    }
+    let disguised = FakeNic {
+        native_driver: "virtio_blk".into(),
+        ..FakeNic::ena(3)
+    };
+    let spoofed = FakeNic {
+        vendor: "0x8086".into(),
+        ..FakeNic::ena(4)
+    };
+    let intel = FakeNic {
+        native_driver: "e1000e".into(),
+        vendor: "0x8086".into(),
+        device: "0x10d3".into(),
+        ..FakeNic::ena(5)
+    };
+    for n in [&disguised, &spoofed, &intel] {
+        node.add_nic(n.clone());
+    }
+    load_vfio(&node);
+    let env = Env::new(&node);
+    let report = env.converge(
+        &node,
+        &[
+            target(&disguised, 1),
+            target(&spoofed, 2),
+            target(&intel, 3),
+        ],
+    );
+    let intel_row = report
+        .devices
+        .iter()
+        .find(|d| d.device_index == 3)
+        .expect("row");
+    assert_eq!(
+        intel_row.health.as_deref(),
+        Some(health::HEALTHY),
+        "{intel_row:?}"
+    );
+    assert_eq!(node.driver_of(&intel.bdf).as_deref(), Some("vfio-pci"));
+    assert_refused_untouched(
+        &node,
+        &report,
+        &disguised.bdf,
+        "virtio_blk",
+        "storage driver virtio_blk",
+    );
+    assert_refused_untouched(
+        &node,
+        &report,
+        &spoofed.bdf,
+        "ena",
+        "PCI vendor is 0x8086, not Amazon's 0x1d0f",
+    );
+}
+
+/// Fake sysfs: dpdkPCIAddress names ens7, but IMDS lists ens6's MAC for the NodeENI's ENI.
+#[test]
+fn a_device_whose_mac_is_not_the_enis_is_refused() {
+    let (mine, other) = (FakeNic::ena(6), FakeNic::ena(7));
+    let node = FakeNode::new(&[mine.clone(), other.clone()]);
+    load_vfio(&node);
+    let env = Env::new(&node);
+    let listed = EniMac::Listed {
+        eni: "eni-0aaaa".into(),
+        mac: mine.mac.clone(),
+    };
+    let wrong = Target {
+        eni_mac: listed.clone(),
+        ..target(&other, 2)
+    };
+    let report = env.converge(&node, &[wrong]);
+    assert_refused_untouched(
+        &node,
+        &report,
+        &other.bdf,
+        "ena",
+        &format!(
+            "its MAC {} is not the MAC of eni-0aaaa: IMDS lists {}",
+            other.mac, mine.mac
+        ),
+    );
+    let right = Target {
+        eni_mac: listed,
+        ..target(&mine, 2)
+    };
+    let report = env.converge(&node, &[right]);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(node.driver_of(&mine.bdf).as_deref(), Some("vfio-pci"));
 }

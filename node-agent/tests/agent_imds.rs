@@ -10,7 +10,7 @@ use dpdk_node_agent::journal::Journal;
 use dpdk_node_agent::mapping::{self, Imds};
 use dpdk_node_agent::modules::ModuleConfig;
 use dpdk_node_agent::reconcile::{self, NodeContext};
-use dpdk_node_agent::safety::{HostNetwork, SafetyPolicy};
+use dpdk_node_agent::safety::{EniMac, HostNetwork, SafetyPolicy};
 use dpdk_node_agent::sysfs::Sysfs;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -141,12 +141,46 @@ async fn explicit_pci_address_and_the_journal_skip_imds() {
         &desired(Some("eni-0bbbb"), Some("00:06.0")),
         &sysfs,
         &journal,
+        None,
+    )
+    .await
+    .expect("mapped");
+    assert_eq!(t.address.as_str(), nics[1].bdf, "dpdkPCIAddress wins");
+    assert_eq!(t.eni_mac, EniMac::Unchecked, "no IMDS, nothing to compare");
+    assert!(stub.log().is_empty(), "no IMDS request: {:?}", stub.log());
+    // With IMDS the address still wins, but the ENI's MAC goes with it for the safety
+    // check: 00:06.0 is ens6 (eni-0aaaa), not eni-0bbbb's ens7.
+    let t = mapping::resolve(
+        &desired(Some("eni-0bbbb"), Some("00:06.0")),
+        &sysfs,
+        &journal,
         Some(&imds),
     )
     .await
     .expect("mapped");
     assert_eq!(t.address.as_str(), nics[1].bdf, "dpdkPCIAddress wins");
-    assert!(stub.log().is_empty(), "no IMDS request: {:?}", stub.log());
+    assert_eq!(
+        t.eni_mac,
+        EniMac::Listed {
+            eni: "eni-0bbbb".into(),
+            mac: nics[2].mac.clone()
+        }
+    );
+    let t_unknown = mapping::resolve(
+        &desired(Some("eni-0ffff"), Some("00:06.0")),
+        &sysfs,
+        &journal,
+        Some(&imds),
+    )
+    .await
+    .expect("mapped");
+    assert_eq!(
+        t_unknown.eni_mac,
+        EniMac::NotListed {
+            eni: "eni-0ffff".into()
+        }
+    );
+    stub.state.lock().expect("lock").log.clear();
 
     // Bind eni-0bbbb; its netdev disappears, so only the journal can still map it.
     node.load_modules(&ModuleConfig {

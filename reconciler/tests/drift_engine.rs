@@ -859,6 +859,34 @@ fn node_layer_device_left_on_ena() {
     );
 }
 
+/// The node agent's refusal (here: dpdkPCIAddress named the root volume) reaches the
+/// drift report with its reason, as the agent wrote it into the status.
+#[test]
+fn node_layer_refused_device_carries_the_agents_reason() {
+    let (src, mut live) = seed_world();
+    let st = live.node_states[0].status.as_mut().expect("status");
+    let reason = "refusing to bind 0000:00:04.0 (device index 2): it is not a network controller (PCI class 0x010802, a NIC is 0x02xxxx); binding it could take a disk or another device away from the node";
+    st.devices[0].pci_address = Some("0000:00:04.0".into());
+    st.devices[0].interface_name = None;
+    st.devices[0].driver = Some("nvme".into());
+    st.devices[0].bound = false;
+    st.devices[0].health = Some("Refused".into());
+    st.devices[0].message = Some(reason.into());
+    let report = compute(&[src], &live, now(), None);
+    assert_eq!(report.findings.len(), 1, "{:#?}", report.findings);
+    let f = &report.findings[0];
+    assert_eq!(
+        (f.layer, f.kind, f.node.as_deref()),
+        (Layer::DesiredNode, FindingKind::DeviceDriver, Some("n1"))
+    );
+    assert!(
+        f.message.contains("is on nvme, not vfio-pci")
+            && f.message.contains(&format!("[Refused: {reason}]")),
+        "{}",
+        f.message
+    );
+}
+
 #[test]
 fn node_layer_module_unloaded() {
     let (src, mut live) = seed_world();

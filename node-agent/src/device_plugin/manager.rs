@@ -20,7 +20,6 @@ use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use super::api::KUBELET_SOCKET;
@@ -314,7 +313,7 @@ impl ResourceCtx {
         let join = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_service(DevicePluginServer::new(service))
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+                .serve_with_incoming_shutdown(super::authority::incoming(listener), shutdown)
                 .await;
             if let Err(source) = served {
                 tracing::error!(error = %Error::Serve { socket, source }, "server failed");

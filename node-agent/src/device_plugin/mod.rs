@@ -6,12 +6,15 @@
 //! - [`allocate`], [`preferred`], [`naming`]: the pure decisions.
 //! - [`service`]: the DevicePlugin gRPC service of one resource.
 //! - [`manager`]: sockets, Register, kubelet restarts; [`monitor`]: live health updates.
+//! - [`authority`] (with [`hpack`]): accepts clients whatever `:authority` they send.
 //! - [`source`]: the DPDKNodeState watch feeding the desired state.
 //! - [`metrics`]: advertised/healthy devices and allocations.
 
 pub mod allocate;
 pub mod api;
+pub mod authority;
 pub mod cli;
+pub mod hpack;
 pub mod inventory;
 pub mod manager;
 pub mod metrics;

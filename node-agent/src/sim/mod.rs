@@ -38,6 +38,10 @@ pub struct SimNic {
     /// IOMMU group; `None` models a machine without an IOMMU.
     pub group: Option<u32>,
     pub numa_node: i32,
+    /// sysfs `vendor`, `device` and `class`. Only network-class devices get a netdev.
+    pub vendor: String,
+    pub device: String,
+    pub class: String,
 }
 
 impl SimNic {
@@ -50,7 +54,27 @@ impl SimNic {
             mac: format!("02:00:00:00:00:{slot:02x}"),
             group: Some(u32::from(slot)),
             numa_node: 0,
+            vendor: "0x1d0f".into(),
+            device: "0xec20".into(),
+            class: "0x020000".into(),
         }
+    }
+
+    /// An EBS volume at `0000:00:<slot>.0`: Amazon's NVMe controller (class 0x010802),
+    /// bound to `nvme`, no netdev. [`SimNode::register_driver`] `nvme` first.
+    pub fn ebs_nvme(slot: u8) -> Self {
+        Self {
+            native_driver: "nvme".into(),
+            ifname: String::new(),
+            mac: String::new(),
+            device: "0x8061".into(),
+            class: "0x010802".into(),
+            ..Self::ena(slot)
+        }
+    }
+
+    fn is_network(&self) -> bool {
+        self.class.starts_with("0x02")
     }
 }
 
@@ -150,7 +174,7 @@ impl KernelModel {
                 .join(&d.nic.bdf),
         )?;
         d.driver = Some(driver.to_string());
-        if driver == d.nic.native_driver {
+        if driver == d.nic.native_driver && d.nic.is_network() {
             // The netdev comes back with the same name and MAC.
             let net = dir.join("net").join(&d.nic.ifname);
             mkdir(&net)?;
@@ -186,7 +210,7 @@ impl KernelModel {
                 .join(&driver)
                 .join(&d.nic.bdf),
         );
-        if driver == d.nic.native_driver {
+        if driver == d.nic.native_driver && d.nic.is_network() {
             let _ = std::fs::remove_file(self.sys.join("class/net").join(&d.nic.ifname));
             let _ = std::fs::remove_dir_all(dir.join("net"));
         }
@@ -498,8 +522,9 @@ impl SimNode {
             &format!("../../../devices/pci0000:00/{}", nic.bdf),
             &self.sys.join("bus/pci/devices").join(&nic.bdf),
         )?;
-        write(&dir.join("vendor"), "0x1d0f\n")?;
-        write(&dir.join("device"), "0xec20\n")?;
+        write(&dir.join("vendor"), format!("{}\n", nic.vendor))?;
+        write(&dir.join("device"), format!("{}\n", nic.device))?;
+        write(&dir.join("class"), format!("{}\n", nic.class))?;
         write(&dir.join("numa_node"), format!("{}\n", nic.numa_node))?;
         write(&dir.join("driver_override"), "(null)\n")?;
         if let Some(g) = nic.group {
@@ -522,6 +547,17 @@ impl SimNode {
         };
         self.kernel.probe(&mut d)?;
         lock(&self.kernel.devices).insert(nic.bdf.clone(), d);
+        Ok(())
+    }
+
+    /// Registers a PCI driver that has no module here (`nvme`, built in), so devices whose
+    /// native driver it is are bound to it when added.
+    pub fn register_driver(&self, driver: &str) -> std::io::Result<()> {
+        let dir = self.sys.join("bus/pci/drivers").join(driver);
+        mkdir(&dir)?;
+        for f in ["bind", "unbind", "new_id", "remove_id"] {
+            write(&dir.join(f), "")?;
+        }
         Ok(())
     }
 
