@@ -530,13 +530,7 @@ async fn read_credentials(client: &Client, src: &DPDKConfigSource) -> Result<Cre
         .get(&r.name)
         .await
         .map_err(|e| format!("reading Secret {ns}/{}: {e}", r.name))?;
-    let data: BTreeMap<String, Vec<u8>> = secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect();
-    Ok(Credentials::from_secret_data(&data))
+    Ok(Credentials::from_secret(&secret))
 }
 
 async fn fetch_blocking(
