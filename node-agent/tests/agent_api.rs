@@ -741,7 +741,7 @@ async fn a_stale_attachment_patch_is_refused_and_the_retry_keeps_both_writers_fi
 #[tokio::test]
 async fn refused_targets_are_reported_with_their_reason_and_never_unbound() {
     let cp = shared();
-    apply_rbac(cp);
+    apply_rbac(cp).await;
     let admin = cp.client().await.expect("admin");
     let node_name = unique_name("dpdk-node");
     fixtures::create_node(&admin, &node_name, &[], "10.0.0.10")

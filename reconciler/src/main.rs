@@ -42,9 +42,10 @@ enum Cmd {
         limits: dpdk_reconciler::manifest::load::LimitArgs,
     },
     /// Run the cluster side: the DPDK controller (DPDKConfig -> node labels, NodeENI DPDK
-    /// fields, DPDKNodeStates) with leader election, and the HTTP server (/metrics,
-    /// /healthz, /readyz). Connects in-cluster, or with $KUBECONFIG.
-    Run(RunArgs),
+    /// fields, DPDKNodeStates) with leader election, the Git sources, the HTTP server
+    /// (/metrics, /healthz, /readyz, /drift*) and, on its own listener, the webhook
+    /// receiver (POST /hook/<namespace>/<name>). Connects in-cluster, or with $KUBECONFIG.
+    Run(Box<RunArgs>),
     /// Show drift between Git, the cluster and the nodes (docs/drift.md), like `kubectl diff`:
     /// exit 0 no drift, 1 drift, above 1 an error.
     Diff(dpdk_reconciler::drift::cli::DiffArgs),
@@ -59,6 +60,8 @@ struct RunArgs {
     controller: dpdk_reconciler::controller::ControllerArgs,
     #[command(flatten)]
     sources: dpdk_reconciler::source::SourceArgs,
+    #[command(flatten)]
+    webhook: dpdk_reconciler::source::webhook::WebhookArgs,
     /// Do not compute drift or serve /drift*: saves the drift runtime's own caches of
     /// DPDKConfigs, Nodes, NodeENIs and DPDKNodeStates (more than half the peak memory of a
     /// 1000-node rollout, BENCHMARKS.md); `dpdk-reconciler diff` still works from outside.
@@ -94,14 +97,20 @@ async fn run(args: RunArgs) -> Result<(), dpdk_reconciler::Error> {
         opts.leader_election.clone(),
         election_stop.clone(),
     );
-    // The Git source (DPDKConfigSource): its webhook route joins the HTTP server.
+    // The Git source (DPDKConfigSource) and its webhook receiver, on a listener of its own.
     let sources = dpdk_reconciler::source::SourceController::new(
         client.clone(),
         args.sources.into_options(),
         &mut registry,
     )
     .gated_by(election.subscribe());
-    let source_routes = sources.webhook_routes();
+    let receiver = match &args.webhook.webhook_addr {
+        Some(addr) => Some((
+            sources.webhook_receiver(args.webhook.options(), &mut registry),
+            server::bind(addr).await?,
+        )),
+        None => None,
+    };
     // Drift (read-only): recomputed on watch events and new source revisions; /drift* routes.
     let drift = dpdk_reconciler::drift::runtime::DriftState::new();
     let drift_routes = if args.no_drift {
@@ -123,9 +132,23 @@ async fn run(args: RunArgs) -> Result<(), dpdk_reconciler::Error> {
             registry: Arc::new(registry),
             health: health.clone(),
         },
-        vec![source_routes, drift_routes],
+        vec![drift_routes],
     );
     let http = tokio::spawn(server::serve(listener, app, shutdown.clone()));
+    let hook = match receiver {
+        Some((receiver, listener)) => {
+            let addr = listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            tracing::info!(%addr, "serving the webhook receiver, POST /hook/<namespace>/<name>");
+            tokio::spawn(receiver.serve(listener, shutdown.clone()))
+        }
+        None => {
+            tracing::info!("no --webhook-addr: no webhook receiver");
+            tokio::spawn(async { Ok(()) })
+        }
+    };
     let source_task = tokio::spawn(sources.run(shutdown.clone().cancelled_owned()));
     let telemetry = controller::Telemetry {
         metrics: controller_metrics,
@@ -179,10 +202,12 @@ async fn run(args: RunArgs) -> Result<(), dpdk_reconciler::Error> {
     // Both writers stopped: release the Lease so a successor can start at once.
     election_stop.cancel();
     election.finish().await;
-    match http.await {
-        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server"),
-        Err(e) => tracing::warn!(error = %e, "HTTP server task"),
-        Ok(Ok(())) => {}
+    for (what, task) in [("HTTP server", http), ("webhook receiver", hook)] {
+        match task.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "{what}"),
+            Err(e) => tracing::warn!(error = %e, "{what} task"),
+            Ok(Ok(())) => {}
+        }
     }
     result
 }
@@ -233,7 +258,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match rt.block_on(run(args)) {
+            match rt.block_on(run(*args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("dpdk-reconciler run: {e}");

@@ -1,10 +1,10 @@
 //! The reconciler's HTTP server: `/metrics` (Prometheus, OpenMetrics text), `/healthz`
 //! (liveness) and `/readyz` (readiness). Other components add their own routes by passing
-//! routers to [`router`]; e.g. the Git source adds `/hook/<ns>/<name>` and the drift
-//! engine `/drift*`:
+//! routers to [`router`]; e.g. the drift engine adds `/drift*`. The webhook receiver is
+//! not here: it has a listener of its own ([`crate::source::webhook`]).
 //!
 //! ```ignore
-//! let app = server::router(state, vec![drift::routes(drift_state), source::hook_routes(src_state)]);
+//! let app = server::router(state, vec![drift::http::routes(drift_state)]);
 //! server::serve(server::bind("0.0.0.0:8080").await?, app, shutdown).await?;
 //! ```
 
@@ -163,7 +163,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Binds the listen address (`--http-addr`).
+/// Binds a listen address (`--http-addr`, `--webhook-addr`).
 pub async fn bind(addr: &str) -> Result<TcpListener, Error> {
     TcpListener::bind(addr).await.map_err(|source| Error::Http {
         addr: addr.to_string(),

@@ -1,5 +1,6 @@
 //! `dpdk-reconciler run` runs the Git source too: the binary applies a file:// source and
-//! serves its webhook route on the HTTP port, next to /metrics.
+//! serves its webhook receiver on a listener of its own (`--webhook-addr`), not on the
+//! HTTP port of /metrics and /drift*.
 
 mod source_support;
 
@@ -37,12 +38,19 @@ async fn the_run_binary_applies_sources_and_serves_their_webhooks() {
         .local_addr()
         .expect("addr")
         .port();
+    let hook_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
     let cache = tempfile::tempdir().expect("cache");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dpdk-reconciler"));
     cmd.args([
         "run",
         "--http-addr",
         &format!("127.0.0.1:{port}"),
+        "--webhook-addr",
+        &format!("127.0.0.1:{hook_port}"),
         "--no-leader-election",
         "--allow-file-urls",
         "--source-namespace",
@@ -96,8 +104,9 @@ async fn the_run_binary_applies_sources_and_serves_their_webhooks() {
     let configs: Api<dpdk_bridge::api::DPDKConfig> = Api::all(client.clone());
     assert!(configs.get_opt(&name).await.expect("get").is_some());
 
-    // The webhook route is merged into the HTTP server: a forged signature gets 401 there.
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    // The webhook receiver has its own listener: a forged signature gets 401 there, and
+    // the HTTP port of /metrics and /drift* does not serve /hook at all.
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{hook_port}").parse().expect("addr");
     let body = b"{}";
     let code = post(
         addr,
@@ -107,4 +116,13 @@ async fn the_run_binary_applies_sources_and_serves_their_webhooks() {
     )
     .await;
     assert_eq!(code, 401);
+    let http: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let code = post(
+        http,
+        &format!("/hook/{ns}/{src}"),
+        &[("X-Hub-Signature-256", github_signature(b"forged", body))],
+        body,
+    )
+    .await;
+    assert_eq!(code, 404, "/hook is not on the HTTP port");
 }

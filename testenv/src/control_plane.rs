@@ -21,6 +21,12 @@ use crate::{Error, Result, io_err, tail_file};
 pub struct StartOptions {
     /// Write an audit log of every write (create/update/patch/delete) to `audit.log`.
     pub audit_log: bool,
+    /// With `audit_log`, record every request, reads (get, list, watch) included, so a
+    /// test can count all the requests a client makes. The log then has a
+    /// `ResponseStarted` (watches) or `ResponseComplete` event per request; count distinct
+    /// `auditID`s by `requestReceivedTimestamp` (`RequestReceived` is not recorded: it
+    /// comes before impersonation, so it would not name an impersonated user).
+    pub audit_reads: bool,
     /// Install the CRDs from `deploy/` (ours and the NodeENI test copy) once ready.
     pub install_crds: bool,
     /// Keep the data directory here instead of a temporary one (for `dpdk-testenv up`).
@@ -92,6 +98,14 @@ impl ServiceAccountIdentity {
         self
     }
 }
+
+/// [`StartOptions::audit_reads`]: every request, at the same level.
+const AUDIT_POLICY_ALL_REQUESTS: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [\"RequestReceived\"]
+rules:
+- level: Metadata
+";
 
 impl ControlPlane {
     /// Builds the binaries if needed, then starts etcd and kube-apiserver and waits for `/readyz`.
@@ -420,7 +434,12 @@ impl ControlPlane {
         .arg("--v=1");
         if self.opts.audit_log {
             let policy = self.dir.join("audit-policy.yaml");
-            std::fs::write(&policy, AUDIT_POLICY).map_err(io_err(&policy))?;
+            let text = if self.opts.audit_reads {
+                AUDIT_POLICY_ALL_REQUESTS
+            } else {
+                AUDIT_POLICY
+            };
+            std::fs::write(&policy, text).map_err(io_err(&policy))?;
             cmd.arg(format!("--audit-policy-file={}", policy.display()))
                 .arg(format!(
                     "--audit-log-path={}",

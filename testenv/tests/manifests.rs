@@ -136,6 +136,29 @@ async fn deploy_installs_on_an_empty_cluster_and_rbac_is_least_privilege() {
             &path("deploy/samples/dpdkconfigsource.yaml"),
         ],
     );
+    ok(
+        &cp,
+        &[
+            "apply",
+            "--dry-run=server",
+            "-f",
+            &path("deploy/samples/webhook-ingress.yaml"),
+        ],
+    );
+    // The webhook receiver's own Service, apart from dpdk-controller's (/metrics, /drift*).
+    let receiver = ok(
+        &cp,
+        &[
+            "get",
+            "service",
+            "-n",
+            "dpdk-operator",
+            "dpdk-webhook-receiver",
+            "-o",
+            "jsonpath={.spec.ports[0].name} {.spec.ports[0].port} {.spec.ports[0].targetPort} {.spec.selector.app}",
+        ],
+    );
+    assert_eq!(receiver, "webhook 80 webhook dpdk-controller");
 
     // The seed's names, labels and containers.
     let ds = ok(
@@ -266,6 +289,12 @@ async fn deploy_installs_on_an_empty_cluster_and_rbac_is_least_privilege() {
         &cp,
         "dpdk-controller",
         &["get", "secrets", "-n", "dpdk-operator"]
+    ));
+    // The webhook receiver watches the Secrets its sources name.
+    assert!(can(
+        &cp,
+        "dpdk-controller",
+        &["watch", "secrets", "-n", "dpdk-operator"]
     ));
     assert!(can(
         &cp,

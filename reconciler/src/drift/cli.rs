@@ -227,13 +227,7 @@ async fn fetch_source(
                 ),
                 source: e,
             })?;
-            let data = secret
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect();
-            Credentials::from_secret_data(&data)
+            Credentials::from_secret(&secret)
         }
         None => Credentials::default(),
     };

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use k8s_openapi::api::core::v1::Secret;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
@@ -50,6 +51,18 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
+    /// What a Secret named by `spec.secretRef` provides: the one reading of a Secret, for
+    /// the fetch, `dpdk-reconciler diff` and the webhook receiver alike.
+    pub fn from_secret(secret: &Secret) -> Credentials {
+        let data: BTreeMap<String, Vec<u8>> = secret
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect();
+        Credentials::from_secret_data(&data)
+    }
+
     /// Reads the known keys of a Secret's data.
     pub fn from_secret_data(data: &BTreeMap<String, Vec<u8>>) -> Credentials {
         let text = |k: &str| {
@@ -332,5 +345,18 @@ mod tests {
         assert_eq!(c.webhook_secret.as_deref(), Some(&b"s3cret"[..]));
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("hunter2") && !dbg.contains("s3cret"), "{dbg}");
+        let secret = Secret {
+            data: Some(
+                d.into_iter()
+                    .map(|(k, v)| (k, k8s_openapi::ByteString(v)))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        assert_eq!(Credentials::from_secret(&secret), c);
+        assert_eq!(
+            Credentials::from_secret(&Secret::default()),
+            Credentials::default()
+        );
     }
 }

@@ -6,7 +6,8 @@
 //! good revision stays applied and the source turns Stalled with the reason.
 //!
 //! Triggers: the poll interval (with jitter; backoff on failure), a verified webhook
-//! ([`webhook::routes`]), and for file:// sources a local commit (notify on the refs).
+//! ([`webhook::Receiver`], on its own listener), and for file:// sources a local commit
+//! (notify on the refs).
 //!
 //! Other components read the latest good documents of every source through the
 //! [`SourceStore`] handle ([`SourceController::store`]); the drift engine uses it to compare
@@ -15,7 +16,8 @@
 //! ```ignore
 //! let mut registry = metrics::Registry::default();
 //! let sources = SourceController::new(client.clone(), SourceOptions::default(), &mut registry);
-//! let hook = sources.webhook_routes();       // merge into the HTTP server's router
+//! let receiver = sources.webhook_receiver(ReceiverOptions::default(), &mut registry);
+//! tokio::spawn(receiver.serve(server::bind("0.0.0.0:9292").await?, shutdown.clone()));
 //! let store = sources.store();               // hand to the drift engine
 //! sources.run(shutdown.cancelled_owned()).await;
 //! ```
@@ -464,8 +466,8 @@ impl SourceMetrics {
     }
 }
 
-/// The source controller, built before it runs so its webhook routes and store can be
-/// handed to the HTTP server and the drift engine.
+/// The source controller, built before it runs so its webhook receiver and store can be
+/// handed out (to their listener and to the drift engine).
 pub struct SourceController {
     client: Client,
     opts: SourceOptions,
@@ -508,9 +510,20 @@ impl SourceController {
         self.triggers.clone()
     }
 
-    /// `POST /hook/{namespace}/{name}`, to merge into the HTTP server's router.
-    pub fn webhook_routes(&self) -> axum::Router {
-        webhook::routes(self.client.clone(), self.triggers.clone())
+    /// The webhook receiver (`POST /hook/<namespace>/<name>`) for this controller's
+    /// sources; serve it on its own listener. Registers `dpdk_webhook_*`.
+    pub fn webhook_receiver(
+        &self,
+        opts: webhook::ReceiverOptions,
+        registry: &mut Registry,
+    ) -> webhook::Receiver {
+        webhook::Receiver::new(
+            self.client.clone(),
+            self.opts.namespace.clone(),
+            self.triggers.clone(),
+            opts,
+            webhook::WebhookMetrics::register(registry),
+        )
     }
 
     /// Runs until `shutdown` completes.

@@ -760,13 +760,7 @@ async fn read_credentials(client: &Client, src: &DPDKConfigSource) -> Result<Cre
             name: r.name.clone(),
             source,
         })?;
-    let data: BTreeMap<String, Vec<u8>> = secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect();
-    Ok(Credentials::from_secret_data(&data))
+    Ok(Credentials::from_secret(&secret))
 }
 
 /// For file:// sources: fetch when a ref of the local repository changes.

@@ -1,6 +1,6 @@
 //! Shared by the Git source tests and benchmark: an in-process source controller scoped
-//! to the test's own namespace, with its webhook served on loopback, plus helpers to
-//! create sources, secrets and repo content with unique names.
+//! to the test's own namespace, with its webhook receiver on its own loopback listener,
+//! plus helpers to create sources, secrets and repo content with unique names.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -8,13 +8,16 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use dpdk_bridge::api::{DPDKConfig, DPDKConfigSource, DPDKConfigSourceStatus};
+use dpdk_reconciler::source::webhook::ReceiverOptions;
 use dpdk_reconciler::source::{SourceController, SourceOptions, SourceStore};
+use dpdk_testenv::ControlPlane;
 use hmac::{Hmac, Mac};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 /// A running source controller for one test namespace.
 pub struct Harness {
@@ -37,17 +40,47 @@ impl Drop for Harness {
     }
 }
 
+/// How [`Harness::start_on`] runs the controller and its webhook receiver.
+#[derive(Clone, Default)]
+pub struct HarnessOptions {
+    /// The controller and the receiver act as this (impersonated, in system:masters)
+    /// user, so an audit log tells their requests apart; None: the admin client.
+    pub user: Option<String>,
+    pub receiver: ReceiverOptions,
+}
+
 impl Harness {
-    /// Creates namespace `<prefix>-xxxx` and starts a controller watching only it, with
-    /// file:// URLs allowed.
+    /// Creates namespace `<prefix>-xxxx` and starts a controller watching only it.
     pub async fn start(prefix: &str) -> Harness {
         Harness::start_with(prefix, |_| {}).await
     }
 
     /// [`Harness::start`] with options changed by `configure`.
     pub async fn start_with(prefix: &str, configure: impl FnOnce(&mut SourceOptions)) -> Harness {
-        let cp = dpdk_testenv::shared();
+        let ho = HarnessOptions::default();
+        Harness::start_on_with(dpdk_testenv::shared(), prefix, ho, configure).await
+    }
+
+    /// [`Harness::start`] on the control plane `cp`.
+    pub async fn start_on(cp: &ControlPlane, prefix: &str, ho: HarnessOptions) -> Harness {
+        Harness::start_on_with(cp, prefix, ho, |_| {}).await
+    }
+
+    /// [`Harness::start_on`] with options changed by `configure`.
+    pub async fn start_on_with(
+        cp: &ControlPlane,
+        prefix: &str,
+        ho: HarnessOptions,
+        configure: impl FnOnce(&mut SourceOptions),
+    ) -> Harness {
         let client = cp.client().await.expect("client");
+        let controller_client = match &ho.user {
+            Some(user) => cp
+                .client_as(user, &["system:masters", "system:authenticated"])
+                .await
+                .expect("impersonating client"),
+            None => client.clone(),
+        };
         let ns = dpdk_testenv::unique_name(prefix);
         let nss: Api<Namespace> = Api::all(client.clone());
         nss.create(
@@ -73,25 +106,19 @@ impl Harness {
         };
         configure(&mut opts);
         let mut registry = prometheus_client::registry::Registry::default();
-        let controller = SourceController::new(client.clone(), opts, &mut registry);
+        let controller = SourceController::new(controller_client, opts, &mut registry);
         let store = controller.store();
-        let router = controller.webhook_routes();
+        let receiver = controller.webhook_receiver(ho.receiver, &mut registry);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let hook_addr = listener.local_addr().expect("addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (srv_stop, srv_stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = srv_stopped.await;
-                })
-                .await;
-        });
+        let srv_stop = CancellationToken::new();
+        tokio::spawn(receiver.serve(listener, srv_stop.clone()));
         tokio::spawn(controller.run(async move {
             let _ = stopped.await;
-            let _ = srv_stop.send(());
+            srv_stop.cancel();
         }));
         Harness {
             client,
@@ -222,9 +249,20 @@ impl Harness {
 
 /// A minimal HTTP/1.1 POST; returns the status code.
 pub async fn post(addr: SocketAddr, path: &str, headers: &[(&str, String)], body: &[u8]) -> u16 {
+    request(addr, "POST", path, headers, body).await.0
+}
+
+/// A minimal HTTP/1.1 request on a new connection; returns the status code and body.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
     );
     for (k, v) in headers {
@@ -236,10 +274,16 @@ pub async fn post(addr: SocketAddr, path: &str, headers: &[(&str, String)], body
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).await.expect("read");
     let text = String::from_utf8_lossy(&resp);
-    text.split_whitespace()
+    let code = text
+        .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
 }
 
 /// `sha256=<hex>` GitHub signature.
