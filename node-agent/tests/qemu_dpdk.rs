@@ -51,8 +51,8 @@ const ENI_ID: &str = "eni-0e1000e0000000001";
 /// Guest-side addresses of the host's API server and IMDS stub (QEMU guestfwd).
 const GUEST_APISERVER: &str = "10.0.2.100:6443";
 const GUEST_IMDS: &str = "10.0.2.101:80";
-/// How long testpmd transmits once forwarding started.
-const TESTPMD_SECONDS: u32 = 3;
+/// How long testpmd runs once forwarding started (its 8 bursts go out at once).
+const TESTPMD_SECONDS: u32 = 2;
 
 /// One DPDK guest per test binary; one QEMU at a time (the machine is shared).
 fn guest() -> Option<&'static Guest> {
@@ -348,7 +348,9 @@ const POD_CHECKS: &[&str] = &[
     "allow_list",
     "testpmd_probed",
     "testpmd_vfio_iommu_type",
+    "testpmd_iova_mode",
     "testpmd_forwarding",
+    "testpmd_stopped",
     "pod_exit",
     "testpmd_sent",
     "peer_rx_rose",
