@@ -338,6 +338,47 @@ fn assert_status(status: &DPDKNodeStateStatus, noiommu: bool) {
     );
 }
 
+/// The drift report over the DPDKNodeState the guest wrote says write-combining was asked
+/// for and is Unavailable, with the agent's reason (the real kernel's mainline vfio-pci).
+fn assert_drift_names_write_combining(
+    state: &DPDKNodeState,
+) -> dpdk_reconciler::drift::DriftReport {
+    let live = dpdk_reconciler::drift::LiveView {
+        configs: vec![],
+        node_enis: vec![],
+        node_states: vec![state],
+        nodes: vec![],
+        complete: true,
+    };
+    let report =
+        dpdk_reconciler::drift::compute(&[], live, k8s_openapi::jiff::Timestamp::now(), None);
+    let wc: Vec<_> = report
+        .findings
+        .iter()
+        .filter(|f| f.kind == dpdk_reconciler::drift::FindingKind::WriteCombining)
+        .collect();
+    assert_eq!(
+        wc.len(),
+        1,
+        "one write-combining finding: {:#?}",
+        report.findings
+    );
+    let f = wc[0];
+    assert_eq!(f.field_path, "/status/modules/writeCombining/state");
+    assert_eq!(f.git, json!("Enabled"));
+    assert_eq!(f.live, json!("Unavailable"));
+    assert!(
+        f.message
+            .contains("write-combining was asked for and is Unavailable")
+            && f.message
+                .contains("mainline vfio-pci has no write-combining support"),
+        "{}",
+        f.message
+    );
+    eprintln!("drift report on the guest's status: {}", f.message);
+    report
+}
+
 /// The checks both guests run (init.sh's pod modes and pod.sh).
 const POD_CHECKS: &[&str] = &[
     "hugepages",
@@ -372,6 +413,9 @@ fn without_an_iommu_a_noiommu_vfio_kernel_binds_allocates_noiommu_nodes_and_test
     let group = console_value(&run.boot, "GROUP");
     assert_answer(&run.boot, &format!("/dev/vfio/noiommu-{group}"));
     assert_status(run.state.status.as_ref().expect("status"), true);
+    let report = assert_drift_names_write_combining(&run.state);
+    // Nothing else drifted: noiommu on as asked, the device on vfio-pci, the modules loaded.
+    assert_eq!(report.findings.len(), 1, "{:#?}", report.findings);
 }
 
 #[test]
@@ -385,4 +429,5 @@ fn with_vt_d_the_type1_group_is_allocated_and_testpmd_transmits() {
     let group = console_value(&run.boot, "GROUP");
     assert_answer(&run.boot, &format!("/dev/vfio/{group}"));
     assert_status(run.state.status.as_ref().expect("status"), false);
+    assert_drift_names_write_combining(&run.state);
 }
