@@ -3,7 +3,12 @@
 # an initramfs with busybox-static, the NIC and DPDK kernel modules, the statically
 # linked agent and the test's /init.
 #
-#   build-guest.sh <agent-binary> <init-script> <out-dir>
+#   build-guest.sh <agent-binary> <init-script> <out-dir> [<guest-kubelet-binary>]
+#
+# With a guest kubelet (tests/qemu_dpdk.rs, examples/guest_kubelet.rs) the guest is a DPDK
+# node: it also gets the kubelet, Debian's dpdk-testpmd (package dpdk-dev) with the shared
+# libraries it needs and the PMDs net_e1000, bus_pci and mempool_ring, and a vfio.ko rebuilt
+# with CONFIG_VFIO_NOIOMMU at /opt/noiommu/vfio.ko (build-vfio-noiommu.sh, cached).
 #
 # Writes <out-dir>/vmlinuz and <out-dir>/initrd.img, and prints the kernel release.
 # Cache: ${DPDK_QEMU_CACHE:-~/.cache/dpdk-gitops/qemu}/<kernel package>/ (the .deb is
@@ -14,6 +19,7 @@ set -euo pipefail
 agent=${1:?agent binary}
 init_script=${2:?init script}
 out=${3:?out dir}
+kubelet=${4:-}
 cache=${DPDK_QEMU_CACHE:-$HOME/.cache/dpdk-gitops/qemu}
 mkdir -p "$cache" "$out"
 
@@ -43,9 +49,12 @@ if [ ! -f "$kdir/.done" ]; then
   (cd "$kdir/dl" && apt-get download -q "$pkg" >&2) || die "apt-get download $pkg failed"
   deb=$(ls "$kdir"/dl/*.deb | head -n1)
   dpkg-deb -x "$deb" "$kdir/root"
+  dpkg-deb -f "$deb" Version > "$kdir/version"
   rm -f "$deb"
   touch "$kdir/.done"
 fi
+# Caches from before the version was recorded: ask apt.
+[ -s "$kdir/version" ] || apt-cache show "$pkg" 2>/dev/null | awk '/^Version:/ {print $2; exit}' > "$kdir/version" || true
 release=$(ls -1 "$kdir/root/lib/modules" | head -n1)
 [ -n "$release" ] || die "no lib/modules in $kdir/root"
 mods=$kdir/root/lib/modules/$release
@@ -91,6 +100,52 @@ else
 fi
 [ -s "$kmods/modules.dep" ] || die "depmod produced no modules.dep in $kmods"
 mkdir -p "$root/boot" && cp "$kdir/root/boot/config-$release" "$root/boot/"
+
+# Copies a dynamically linked file and every library ldd lists for it to the same paths.
+copy_with_libs() {
+  local f lib
+  for f in "$@"; do
+    mkdir -p "$root$(dirname "$f")"
+    cp -L "$f" "$root$f"
+    for lib in $(ldd "$f" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+      [ -e "$root$lib" ] && continue
+      mkdir -p "$root$(dirname "$lib")"
+      cp -L "$lib" "$root$lib"
+    done
+  done
+}
+
+if [ -n "$kubelet" ]; then
+  cp "$kubelet" "$root/bin/guest-kubelet" && chmod 0755 "$root/bin/guest-kubelet"
+  cp "$(dirname "$init_script")/pod.sh" "$root/bin/pod.sh" && chmod 0755 "$root/bin/pod.sh"
+  command -v strip >/dev/null && strip "$root/bin/guest-kubelet"
+  testpmd=$(command -v dpdk-testpmd) || die "missing dpdk-testpmd (apt packages: dpdk-dev, librte-net-e1000-23)"
+  pmds=$(ls -d /usr/lib/x86_64-linux-gnu/dpdk/pmds-* 2>/dev/null | head -n1)
+  [ -n "$pmds" ] || die "no DPDK PMD directory /usr/lib/x86_64-linux-gnu/dpdk/pmds-* (apt package: dpdk-dev)"
+  # EAL loads the *.so and *.so.<major.minor> files of its PMD directory as plugins: these
+  # three, as their real files (.so.23.0) with soname links (.so.23) for the loader, so a PMD
+  # testpmd also links (bus_pci) is the same file both ways and registers once.
+  plugins=()
+  for p in librte_bus_pci librte_mempool_ring librte_net_e1000; do
+    so=$(ls "$pmds/$p.so."[0-9]* 2>/dev/null | grep -E '\.so\.[0-9]+$' | head -n1)
+    [ -n "$so" ] || die "missing $pmds/$p.so.* (apt package: librte-net-e1000-23 for net_e1000)"
+    plugins+=("$so")
+  done
+  copy_with_libs "$testpmd" "${plugins[@]}"
+  for so in "${plugins[@]}"; do
+    real=$(readlink -f "$so")
+    rm -f "$root$so" && cp "$real" "$root$(dirname "$so")/$(basename "$real")"
+    ln -s "$(basename "$real")" "$root$so"
+  done
+  # Some libraries resolve into the PMD directory (librte_bus_pci): the guest's loader finds
+  # them through an ld.so.cache made for the initramfs tree.
+  printf '%s\n' /lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu "$pmds" > "$root/etc/ld.so.conf"
+  ldconfig -r "$root"
+  version=$(cat "$kdir/version")
+  [ -n "$version" ] || die "unknown package version of $pkg (run apt-get update)"
+  mkdir -p "$root/opt/noiommu"
+  bash "$(dirname "$0")/build-vfio-noiommu.sh" "$release" "$version" "$root/opt/noiommu/vfio.ko"
+fi
 
 (cd "$root" && find . | "$busybox_bin" cpio -o -H newc 2>/dev/null | gzip -1 > "$out/initrd.img")
 echo "$release"

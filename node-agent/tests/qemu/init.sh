@@ -4,17 +4,22 @@
 # e1000e NIC has no address (a secondary ENI). Then the statically linked agent runs its
 # `load` and one-shot `bind`/`unbind`, and every check prints one line:
 #   DPDKTEST <name> PASS|FAIL <detail>
-# The mode comes from the kernel command line: dpdktest=iommu|noiommu|bench.
+# The mode comes from the kernel command line: dpdktest=iommu|noiommu|bench|pod-iommu|pod-noiommu.
+# The pod modes (tests/qemu_dpdk.rs) run the node as a cluster would: the agent's `load` and
+# `run` against the host's API server and IMDS stub (QEMU guestfwd), the device plugin with
+# the guest kubelet, and dpdk-testpmd in a mount namespace built from the Allocate answer
+# (pod.sh). Their settings come from /etc/dpdktest/env, a second initramfs archive.
 export PATH=/bin:/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /run /tmp /var/lib/dpdk
-mode=$(sed -n 's/.*dpdktest=\([a-z]*\).*/\1/p' /proc/cmdline)
+mode=$(sed -n 's/.*dpdktest=\([a-z-]*\).*/\1/p' /proc/cmdline)
 A="/bin/dpdk-node-agent --log-format json"
 STATE="--state-dir /var/lib/dpdk"
 NIC=0000:00:03.0      # e1000e: the device to bind
 PRIMARY=0000:00:04.0  # virtio-net: carries the default route
+PEER=0000:00:05.0     # virtio-net on the e1000e's QEMU hub, kernel driver (pod modes only)
 say() { echo "DPDKTEST $*"; }
 check() { name=$1; detail=$2; shift 2; if "$@"; then say "$name PASS $detail"; else say "$name FAIL $detail"; fi; }
 driver_of() { l=$(readlink "/sys/bus/pci/devices/$1/driver" 2>/dev/null) && basename "$l" || echo none; }
@@ -88,6 +93,89 @@ noiommu)
   check bind_says_why "" grep -q "did not claim" /tmp/bind.out
   check rolled_back "driver=$(driver_of $NIC)" [ "$(driver_of $NIC)" = e1000e ]
   check override_cleared "" [ "$(cat /sys/bus/pci/devices/$NIC/driver_override)" = "(null)" ]
+  ;;
+pod-iommu|pod-noiommu)
+  . /etc/dpdktest/env
+  export KUBECONFIG NODE_NAME NODE_IP DPDK_IMDS_ENDPOINT
+  release=$(uname -r)
+  if [ "$mode" = pod-noiommu ]; then
+    # This kernel's vfio.ko rebuilt with CONFIG_VFIO_NOIOMMU (build-vfio-noiommu.sh): what
+    # an EC2 kernel (Amazon Linux, Ubuntu) ships. The agent loads it from modules.dep.
+    cp /opt/noiommu/vfio.ko /lib/modules/$release/kernel/drivers/vfio/vfio.ko
+  fi
+  ln -sfn /run /var/run   # as on Debian; EAL keeps its runtime dir there
+  echo 64 > /proc/sys/vm/nr_hugepages
+  mkdir -p /dev/hugepages && mount -t hugetlbfs nodev /dev/hugepages
+  check hugepages "nr_hugepages=$(cat /proc/sys/vm/nr_hugepages)" [ "$(cat /proc/sys/vm/nr_hugepages)" -ge 32 ]
+  PEER_IF=$(ls /sys/bus/pci/devices/$PEER/virtio*/net)
+  ip link set "$PEER_IF" up
+
+  $A load $STATE > /tmp/load.out 2>&1; rc=$?
+  sed 's/^/DPDKTEST-LOG load /' /tmp/load.out
+  check load_exit "rc=$rc" [ "$rc" = 0 ]
+  param=$(cat /sys/module/vfio/parameters/enable_unsafe_noiommu_mode 2>/dev/null || echo absent)
+  if [ "$mode" = pod-noiommu ]; then
+    check noiommu_param "enable_unsafe_noiommu_mode=$param" [ "$param" = Y ]
+    check load_reports_noiommu "" grep -q '"noiommu":true' /tmp/load.out
+  else
+    check noiommu_param_absent "enable_unsafe_noiommu_mode=$param (stock vfio.ko, VT-d)" [ "$param" = absent ]
+    # The emulated VT-d runs without interrupt remapping (see harness.rs), and type1 then
+    # refuses VFIO_SET_IOMMU (EPERM) unless told the platform's interrupts are trusted.
+    # Real VT-d and AMD-Vi hosts remap interrupts; this is the guest's stand-in for that.
+    echo 1 > /sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts
+  fi
+
+  t0=$(ms)
+  $A run $STATE --retry 1s > /tmp/run.out 2>&1 &
+  run_pid=$!
+  for i in $(seq 300); do [ "$(driver_of $NIC)" = vfio-pci ] && break; sleep 0.2; done
+  t1=$(ms)
+  check run_bound "driver=$(driver_of $NIC)" [ "$(driver_of $NIC)" = vfio-pci ]
+  group=$(basename "$(readlink /sys/bus/pci/devices/$NIC/iommu_group)")
+  say GROUP "$group"
+  if [ "$mode" = pod-noiommu ]; then
+    check group_is_noiommu "$(cat /sys/kernel/iommu_groups/$group/name 2>/dev/null)" [ "$(cat /sys/kernel/iommu_groups/$group/name 2>/dev/null)" = vfio-noiommu ]
+    check dev_vfio_noiommu "/dev/vfio/noiommu-$group" [ -c "/dev/vfio/noiommu-$group" ]
+  else
+    check dev_vfio_group "/dev/vfio/$group" [ -c "/dev/vfio/$group" ]
+  fi
+  ls -l /dev/vfio | sed 's/^/DPDKTEST-LOG host-dev-vfio /'
+
+  mkdir -p /var/lib/kubelet/device-plugins /tmp/alloc
+  /bin/guest-kubelet /var/lib/kubelet/device-plugins "$RESOURCE" /tmp/alloc 120s > /tmp/kubelet.out 2> /tmp/kubelet.err &
+  kubelet_pid=$!
+  t2=$(ms)
+  $A device-plugin --no-status > /tmp/dp.out 2>&1 &
+  dp_pid=$!
+  wait $kubelet_pid; rc=$?
+  t3=$(ms)
+  cat /tmp/kubelet.out
+  sed 's/^/DPDKTEST-LOG kubelet /' /tmp/kubelet.err
+  check allocate_exit "rc=$rc" [ "$rc" = 0 ]
+  sed 's/^/DPDKTEST-LOG alloc-devices /' /tmp/alloc/devices
+
+  rx0=$(cat /sys/class/net/$PEER_IF/statistics/rx_packets)
+  t4=$(ms)
+  if [ "$mode" = pod-noiommu ]; then iommu_type=No-IOMMU iova=PA; else iommu_type="Type 1" iova=VA; fi
+  unshare -m /bin/sh /bin/pod.sh /tmp/alloc "$PEER_MAC" "$TESTPMD_SECONDS" "$iommu_type" $iova > /tmp/pod.out 2>&1; rc=$?
+  t5=$(ms)
+  rx1=$(cat /sys/class/net/$PEER_IF/statistics/rx_packets)
+  grep -v '^DPDKTEST ' /tmp/pod.out | sed 's/^/DPDKTEST-LOG pod /'
+  # pod.sh prints its own checks (DPDKTEST lines) too.
+  grep '^DPDKTEST ' /tmp/pod.out
+  check pod_exit "rc=$rc" [ "$rc" = 0 ]
+  # The forward statistics printed on `stop` (the last TX-packets: the accumulated block).
+  tx=$(sed -n 's/.*TX-packets: *\([0-9][0-9]*\).*/\1/p' /tmp/pod.out | tail -n1)
+  say TXRX "tx=${tx:-none} peer_rx_before=$rx0 peer_rx_after=$rx1"
+  check testpmd_sent "tx=${tx:-none}" [ "${tx:-0}" -gt 0 ]
+  check peer_rx_rose "rx $rx0 -> $rx1, testpmd sent ${tx:-none}" [ $((rx1 - rx0)) -ge "${tx:-1}" ]
+  started=$(sed -n 's/^DPDKTEST-T testpmd_forwarding_ms=\([0-9]*\).*/\1/p' /tmp/pod.out)
+  say TIME "bind_ms=$((t1 - t0)) allocate_ms=$((t3 - t2)) pod_ms=$((t5 - t4)) testpmd_start_ms=${started:-0}"
+
+  kill $dp_pid $run_pid 2>/dev/null
+  wait $dp_pid $run_pid 2>/dev/null
+  sed 's/^/DPDKTEST-LOG run /' /tmp/run.out | tail -n 40
+  sed 's/^/DPDKTEST-LOG device-plugin /' /tmp/dp.out | tail -n 40
   ;;
 bench)
   $A load $STATE --driver vfio-pci --noiommu false > /dev/null 2>&1 || say load FAIL
