@@ -370,3 +370,41 @@ async fn argo_health_scripts_on_real_objects_in_each_controller_state() {
     );
     ctrl.stop().await;
 }
+
+/// The helper answers as Argo CD does: a raise is a health error, an invalid status is
+/// Unknown, and the string library is not open to an argocd-cm script.
+#[test]
+fn the_helper_answers_as_argo_does() {
+    let obj = json!({"metadata": {"name": "x", "labels": {"a": "b"}}, "spec": {"list": ["one", "two"], "gone": null}});
+    assert_eq!(
+        argo_health(
+            r#"return { status = "Healthy", message = obj.spec.list[2] .. tostring(obj.spec.gone) }"#,
+            &obj
+        ),
+        Ok(("Healthy".into(), "twonil".into())),
+        "arrays are 1-based, null is nil"
+    );
+    let raised = argo_health(
+        r#"return { status = "Healthy", message = "x" .. obj.metadata.missing }"#,
+        &obj,
+    );
+    assert!(
+        raised.as_ref().is_err_and(|e| e.contains("concat")),
+        "{raised:?}"
+    );
+    assert_eq!(
+        argo_health(r#"return { status = "Fine", message = "x" }"#, &obj),
+        Ok((
+            "Unknown".into(),
+            "Lua returned an invalid health status".into()
+        ))
+    );
+    assert!(
+        argo_health(
+            r#"return { status = "Healthy", message = string.upper("x") }"#,
+            &obj
+        )
+        .is_err(),
+        "string is not opened without useOpenLibs"
+    );
+}

@@ -1,12 +1,15 @@
 // argo-lua runs one Argo CD resource health script with gopher-lua, the interpreter Argo CD
-// uses, the way Argo CD's controller calls it (util/lua in argo-cd): the object converted to a
-// Lua table as global `obj` (maps become tables, arrays tables with 1-based indices, JSON null
-// nil), the script run, its return value read as a {status, message} table.
+// uses, the way Argo CD's controller calls it (util/lua/lua.go in argo-cd, runLua and
+// ExecuteHealthLua): a fresh state with only the package, base and table libraries (a script
+// in argocd-cm runs without `useOpenLibs`, so string and math are not there; Argo's "safe"
+// os subset is left out too), a one-second timeout, the object converted to a Lua table as
+// the global `obj` (maps become tables, arrays tables with 1-based indices, JSON null nil),
+// and the script's return value read as a {status, message} table.
 //
 // Input (stdin): {"script": "<lua>", "obj": {<object as JSON>}}.
-// Output (stdout): {"status": "...", "message": "..."} and exit 0, or {"error": "..."} and exit 1
-// when the script raises or returns something that is not a health table (Argo shows a health
-// error then).
+// Output (stdout): {"status": "...", "message": "..."} and exit 0; an invalid status comes out
+// as Argo makes it, Unknown with "Lua returned an invalid health status". When the script
+// raises or returns no table, {"error": "..."} and exit 1: Argo shows a health error then.
 package main
 
 import (
@@ -55,8 +58,7 @@ func fail(err error) {
 	os.Exit(1)
 }
 
-// run evaluates the script as Argo CD does: a fresh state with the base, table, string and
-// math libraries, a timeout, `obj` as a global.
+// run evaluates the script as Argo CD does.
 func run(script string, obj map[string]any) (health, error) {
 	l := lua.NewState(lua.Options{SkipOpenLibs: true})
 	defer l.Close()
@@ -70,8 +72,6 @@ func run(script string, obj map[string]any) (health, error) {
 		{lua.LoadLibName, lua.OpenPackage},
 		{lua.BaseLibName, lua.OpenBase},
 		{lua.TabLibName, lua.OpenTable},
-		{lua.StringLibName, lua.OpenString},
-		{lua.MathLibName, lua.OpenMath},
 	} {
 		if err := l.CallByParam(lua.P{Fn: l.NewFunction(lib.open), NRet: 0, Protect: true}, lua.LString(lib.name)); err != nil {
 			return health{}, err
@@ -86,23 +86,27 @@ func run(script string, obj map[string]any) (health, error) {
 		return health{}, errors.New("the health script did not return a table")
 	}
 	h := health{}
-	if s, ok := ret.RawGetString("status").(lua.LString); ok {
+	switch s := ret.RawGetString("status").(type) {
+	case lua.LString:
 		h.Status = string(s)
+	case *lua.LNilType:
+	default:
+		return health{}, fmt.Errorf("the health script returned a %s status, not a string", s.Type())
 	}
 	switch m := ret.RawGetString("message").(type) {
 	case lua.LString:
 		h.Message = string(m)
 	case *lua.LNilType:
 	default:
-		h.Message = m.String()
+		return health{}, fmt.Errorf("the health script returned a %s message, not a string", m.Type())
 	}
 	if !validStatus[h.Status] {
-		return health{}, fmt.Errorf("the health script returned an invalid status %q", h.Status)
+		return health{Status: "Unknown", Message: "Lua returned an invalid health status"}, nil
 	}
 	return h, nil
 }
 
-// toLua converts decoded JSON to Lua values like Argo CD's decodeValue.
+// toLua converts decoded JSON to Lua values like Argo CD's decodeValue (unknown types → nil).
 func toLua(l *lua.LState, v any) lua.LValue {
 	switch v := v.(type) {
 	case nil:
@@ -126,6 +130,6 @@ func toLua(l *lua.LState, v any) lua.LValue {
 		}
 		return t
 	default:
-		return lua.LString(fmt.Sprint(v))
+		return lua.LNil
 	}
 }
