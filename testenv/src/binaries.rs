@@ -13,6 +13,9 @@ const KUBE_GO_MOD: &str = include_str!("../go/kube/go.mod");
 const KUBE_GO_SUM: &str = include_str!("../go/kube/go.sum");
 const ETCD_GO_MOD: &str = include_str!("../go/etcd/go.mod");
 const ETCD_GO_SUM: &str = include_str!("../go/etcd/go.sum");
+const ARGO_LUA_GO_MOD: &str = include_str!("../go/argo-lua/go.mod");
+const ARGO_LUA_GO_SUM: &str = include_str!("../go/argo-lua/go.sum");
+const ARGO_LUA_MAIN: &str = include_str!("../go/argo-lua/main.go");
 
 /// Paths of the three control-plane binaries.
 #[derive(Clone, Debug)]
@@ -119,6 +122,48 @@ pub fn ensure_binaries() -> Result<Binaries> {
     Ok(bins)
 }
 
+/// Returns the `argo-lua` helper (Argo CD's Lua health-script evaluation with gopher-lua),
+/// building it on first use. Cached under `argo-lua-<gopher-lua version>-<hash of main.go>`,
+/// so an edit of the helper rebuilds it.
+pub fn ensure_argo_lua() -> Result<PathBuf> {
+    let version =
+        required_version(ARGO_LUA_GO_MOD, "github.com/yuin/gopher-lua").ok_or_else(|| {
+            Error::Other("testenv/go/argo-lua/go.mod does not require gopher-lua".into())
+        })?;
+    let root = cache_root();
+    let dir = root.join(format!("argo-lua-{version}-{:016x}", fnv1a(ARGO_LUA_MAIN)));
+    let exe = dir.join("argo-lua");
+    if exe.exists() {
+        return Ok(exe);
+    }
+    std::fs::create_dir_all(dir.join("module")).map_err(io_err(&dir))?;
+    let lock_path = root.join(".build.lock");
+    let lock = std::fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
+    lock.lock_exclusive().map_err(io_err(&lock_path))?;
+    if !exe.exists() {
+        let main = dir.join("module").join("main.go");
+        std::fs::write(&main, ARGO_LUA_MAIN).map_err(io_err(&main))?;
+        go_build(
+            &dir,
+            ARGO_LUA_GO_MOD,
+            ARGO_LUA_GO_SUM,
+            ".",
+            &exe,
+            "-s -w",
+            &version,
+        )?;
+    }
+    drop(lock);
+    Ok(exe)
+}
+
+/// FNV-1a, 64 bits: a stable content key for a cache directory name.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// Builds one main package in a scratch copy of its tools module, printing progress.
 fn go_build(
     dir: &Path,
@@ -205,6 +250,16 @@ mod tests {
             required_version(ETCD_GO_MOD, "go.etcd.io/etcd/server/v3")
                 .is_some_and(|v| v.starts_with("v3.6."))
         );
+        assert_eq!(
+            required_version(ARGO_LUA_GO_MOD, "github.com/yuin/gopher-lua").as_deref(),
+            Some("v1.1.2")
+        );
+    }
+
+    #[test]
+    fn the_argo_lua_cache_key_follows_the_helper_source() {
+        assert_eq!(fnv1a(ARGO_LUA_MAIN), fnv1a(ARGO_LUA_MAIN));
+        assert_ne!(fnv1a(ARGO_LUA_MAIN), fnv1a(&format!("{ARGO_LUA_MAIN}\n")));
     }
 
     #[test]
