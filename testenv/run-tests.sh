@@ -30,8 +30,11 @@ for tool in cargo go git; do
   command -v "$tool" >/dev/null || { echo "missing required tool: $tool" >&2; exit 2; }
 done
 
-say "building the local control plane (kube-apiserver, kubectl, etcd) from Go modules; cached after the first run"
+say "building the local control plane (kube-apiserver, kubectl, etcd), helm and actionlint from Go modules; cached after the first run"
 cargo run -q -p dpdk-testenv -- build
+
+say "building the images from deploy/docker (static dev-profile binaries, buildah; nothing pulled)"
+cargo run -q -p dpdk-testenv -- images
 
 say "building the workspace and its tests (debug)"
 cargo test --workspace --no-run

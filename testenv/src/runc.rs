@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::images::BuiltImage;
 use crate::{Error, Result, io_err};
 
-/// Every capability, for a privileged container (runc's list for Linux 6.x).
+/// Every capability, for a privileged container, in number order (CAP_CHOWN is 0).
 const ALL_CAPABILITIES: [&str; 41] = [
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
@@ -206,7 +206,21 @@ impl Bundle {
         mounts: &[BindMount],
     ) -> Result<Command> {
         let mut config = self.config()?;
+        // Nobody can grant what this process's bounding set lacks (sandboxes drop some):
+        // privileged means every capability the host has, as container runtimes do.
+        let bounding = host_bounding_set()?;
+        let security = Security {
+            capabilities: security
+                .capabilities
+                .iter()
+                .filter(|c| capability_bit(c).is_none_or(|bit| bounding & (1 << bit) != 0))
+                .cloned()
+                .collect(),
+            ..security.clone()
+        };
+        let security = &security;
         configure(&mut config, args, security, env, mounts);
+        self.make_scratch_mountpoints(&security.scratch_dirs)?;
         let p = self.bundle().join("config.json");
         let text = serde_json::to_string_pretty(&config)
             .map_err(|e| Error::Other(format!("config.json: {e}")))?;
@@ -235,6 +249,19 @@ impl Bundle {
             .map_err(io_err("runc"))
     }
 
+    /// runc gives a tmpfs the mode of the directory it is mounted on, so each emptyDir's
+    /// mount point is made world-writable (sticky) first, like an emptyDir.
+    fn make_scratch_mountpoints(&self, dirs: &[String]) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for dir in dirs {
+            let p = self.rootfs().join(dir.trim_start_matches('/'));
+            std::fs::create_dir_all(&p).map_err(io_err(&p))?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o1777))
+                .map_err(io_err(&p))?;
+        }
+        Ok(())
+    }
+
     /// runc's state directory for this bundle's containers.
     pub fn state_root(&self) -> PathBuf {
         self.dir.path().join("runc")
@@ -248,6 +275,22 @@ impl Bundle {
             .args(["delete", "--force", id])
             .output();
     }
+}
+
+/// The capability's number (its position in [`ALL_CAPABILITIES`]).
+fn capability_bit(cap: &str) -> Option<usize> {
+    ALL_CAPABILITIES.iter().position(|c| *c == cap)
+}
+
+/// This process's capability bounding set (`CapBnd:` of /proc/self/status).
+fn host_bounding_set() -> Result<u64> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").map_err(io_err("/proc/self/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .ok_or_else(|| Error::Other("/proc/self/status has no CapBnd".into()))
 }
 
 /// Applies the run settings to an OCI runtime config (pure; the tests check it).
@@ -345,6 +388,15 @@ mod tests {
         let d = Security::of_container(&spec, "d").expect("d");
         assert!(!d.capabilities.iter().any(|c| c == "CAP_NET_RAW"));
         assert!(d.capabilities.iter().any(|c| c == "CAP_CHOWN"));
+    }
+
+    #[test]
+    fn capabilities_are_numbered_as_the_kernel_numbers_them() {
+        assert_eq!(capability_bit("CAP_CHOWN"), Some(0));
+        assert_eq!(capability_bit("CAP_SYS_MODULE"), Some(16));
+        assert_eq!(capability_bit("CAP_SYS_RESOURCE"), Some(24));
+        assert_eq!(capability_bit("CAP_CHECKPOINT_RESTORE"), Some(40));
+        assert!(host_bounding_set().is_ok());
     }
 
     #[test]
