@@ -88,7 +88,12 @@ pub fn build_images(profile: Profile) -> Result<Vec<BuiltImage>> {
     let context = root.join("context");
     static_binaries(profile, &context.join("bin").join(oci_arch()))?;
     assemble_rootfs(&context.join("rootfs"))?;
+    // A fresh layout each time: every build has new timestamps, so new blobs, and the oci
+    // transport keeps the manifests it untags.
     let layout = root.join("oci");
+    if layout.exists() {
+        std::fs::remove_dir_all(&layout).map_err(io_err(&layout))?;
+    }
     let revision = git_revision();
     let mut built = Vec::new();
     for (name, dockerfile) in IMAGES {
