@@ -33,11 +33,14 @@ done
 say "checking formatting (cargo fmt --all --check; rustfmt.toml)"
 cargo fmt --all --check
 
-say "building the local control plane (kube-apiserver, kubectl, etcd) from Go modules; cached after the first run"
+say "building the local control plane (kube-apiserver, kubectl, etcd), helm and actionlint from Go modules; cached after the first run"
 cargo run -q -p dpdk-testenv -- build
 
 say "linting (cargo clippy --workspace --all-targets -- -D warnings)"
 cargo clippy --workspace --all-targets -- -D warnings
+
+say "building the images from deploy/docker (static dev-profile binaries, buildah; nothing pulled)"
+cargo run -q -p dpdk-testenv -- images
 
 say "building the workspace and its tests (debug)"
 cargo test --workspace --no-run

@@ -1,5 +1,6 @@
-//! Building kube-apiserver, kubectl and etcd from the Go tools modules in `testenv/go/`,
-//! cached outside the repository and keyed by version.
+//! Building kube-apiserver, kubectl and etcd (and the helm and actionlint CLIs the chart and
+//! workflow tests use) from the Go tools modules in `testenv/go/`, cached outside the
+//! repository and keyed by version.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,86 @@ const ETCD_GO_SUM: &str = include_str!("../go/etcd/go.sum");
 const ARGO_LUA_GO_MOD: &str = include_str!("../go/argo-lua/go.mod");
 const ARGO_LUA_GO_SUM: &str = include_str!("../go/argo-lua/go.sum");
 const ARGO_LUA_MAIN: &str = include_str!("../go/argo-lua/main.go");
+
+/// A CLI built from its own tools module in `testenv/go/<name>/`, cached in
+/// `<cache>/<name>-<version>/<name>`.
+#[derive(Clone, Copy, Debug)]
+pub struct GoTool {
+    pub name: &'static str,
+    /// The main package.
+    pkg: &'static str,
+    /// The module whose required version names the cache directory.
+    module: &'static str,
+    /// The `-X` variable that `--version` prints.
+    version_var: &'static str,
+    go_mod: &'static str,
+    go_sum: &'static str,
+}
+
+/// helm (v3), for the chart tests.
+pub const HELM: GoTool = GoTool {
+    name: "helm",
+    pkg: "helm.sh/helm/v3/cmd/helm",
+    module: "helm.sh/helm/v3",
+    version_var: "helm.sh/helm/v3/internal/version.version",
+    go_mod: include_str!("../go/helm/go.mod"),
+    go_sum: include_str!("../go/helm/go.sum"),
+};
+
+/// actionlint, for the workflow check.
+pub const ACTIONLINT: GoTool = GoTool {
+    name: "actionlint",
+    pkg: "github.com/rhysd/actionlint/cmd/actionlint",
+    module: "github.com/rhysd/actionlint",
+    version_var: "github.com/rhysd/actionlint.version",
+    go_mod: include_str!("../go/actionlint/go.mod"),
+    go_sum: include_str!("../go/actionlint/go.sum"),
+};
+
+/// The tools `dpdk-testenv build` builds besides the control plane.
+pub const TOOLS: [GoTool; 2] = [HELM, ACTIONLINT];
+
+impl GoTool {
+    /// The version its tools module requires.
+    pub fn version(&self) -> Result<String> {
+        required_version(self.go_mod, self.module).ok_or_else(|| {
+            Error::Other(format!(
+                "testenv/go/{}/go.mod does not require {}",
+                self.name, self.module
+            ))
+        })
+    }
+
+    /// The tool's path, building it first when the cache lacks it. Concurrent callers wait
+    /// on the same file lock as [`ensure_binaries`].
+    pub fn ensure(&self) -> Result<PathBuf> {
+        let version = self.version()?;
+        let root = cache_root();
+        let dir = root.join(format!("{}-{version}", self.name));
+        let exe = dir.join(self.name);
+        if exe.exists() {
+            return Ok(exe);
+        }
+        std::fs::create_dir_all(&root).map_err(io_err(&root))?;
+        let lock_path = root.join(".build.lock");
+        let lock = std::fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
+        lock.lock_exclusive().map_err(io_err(&lock_path))?;
+        if !exe.exists() {
+            let ldflags = format!("-s -w -X {}={version}", self.version_var);
+            go_build(
+                &dir,
+                self.go_mod,
+                self.go_sum,
+                self.pkg,
+                &exe,
+                &ldflags,
+                &version,
+            )?;
+        }
+        drop(lock);
+        Ok(exe)
+    }
+}
 
 /// Paths of the three control-plane binaries.
 #[derive(Clone, Debug)]
@@ -260,6 +341,12 @@ mod tests {
     fn the_argo_lua_cache_key_follows_the_helper_source() {
         assert_eq!(fnv1a(ARGO_LUA_MAIN), fnv1a(ARGO_LUA_MAIN));
         assert_ne!(fnv1a(ARGO_LUA_MAIN), fnv1a(&format!("{ARGO_LUA_MAIN}\n")));
+    }
+
+    #[test]
+    fn tool_versions_come_from_their_tools_modules() {
+        assert!(HELM.version().is_ok_and(|v| v.starts_with("v3.22.")));
+        assert!(ACTIONLINT.version().is_ok_and(|v| v.starts_with("v1.7.")));
     }
 
     #[test]

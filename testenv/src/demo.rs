@@ -355,7 +355,7 @@ fn spawn_simulated_node(
 }
 
 /// A workspace binary next to this one (same cargo target dir); built when missing.
-fn sibling_binary(name: &str) -> Result<PathBuf> {
+pub fn sibling_binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().map_err(io_err_demo)?;
     let dirs = exe
         .parent()
@@ -387,7 +387,8 @@ fn sibling_binary(name: &str) -> Result<PathBuf> {
         .ok_or_else(|| Error::Other(format!("{name} not found next to {}", exe.display())))
 }
 
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+/// Copies a directory tree (files and directories).
+pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     for e in std::fs::read_dir(from).map_err(io_err_demo)?.flatten() {
         let target = to.join(e.file_name());
         if e.path().is_dir() {

@@ -24,7 +24,11 @@ pub mod control_plane;
 pub mod demo;
 pub mod fixtures;
 pub mod git_server;
+pub mod helm;
+pub mod images;
+pub mod objects;
 mod process;
+pub mod runc;
 pub mod workload_pods;
 
 pub use binaries::{Binaries, ensure_binaries};

@@ -18,7 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build (or find in the cache) kube-apiserver, etcd and kubectl, and print their paths.
+    /// Build (or find in the cache) kube-apiserver, etcd, kubectl, helm and actionlint, and
+    /// print their paths.
     Build,
     /// Start a control plane with the CRDs installed and keep it running until Ctrl-C.
     /// Run the demo: control plane, deploy/, simulated nodes and NodeENIs, the examples-repo configs, and a tour.
@@ -29,6 +30,13 @@ enum Cmd {
         /// Number of simulated DPDK nodes.
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+    },
+    /// Build both images from deploy/docker/*.Dockerfile (static binaries, buildah) into an
+    /// OCI layout under the cache, and print their digests and sizes.
+    Images {
+        /// Build the binaries with the release profile (LTO; slow) instead of the dev one.
+        #[arg(long)]
+        release: bool,
     },
     Up {
         /// Keep etcd data and the kubeconfig here (default: a temporary directory).
@@ -60,7 +68,9 @@ async fn main() -> std::process::ExitCode {
                     b.kubectl.display()
                 );
                 println!("etcd           {} {}", b.etcd_version, b.etcd.display());
-            }),
+            })
+            .and_then(|()| build_tools()),
+        Cmd::Images { release } => images(release),
         Cmd::Up { data_dir, no_crds } => up(data_dir, !no_crds).await,
         Cmd::Demo { once, nodes } => {
             dpdk_testenv::demo::run(dpdk_testenv::demo::DemoOptions { once, nodes }).await
@@ -73,6 +83,34 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(2)
         }
     }
+}
+
+/// helm and actionlint, built after the control plane (one build at a time on 2 cores).
+fn build_tools() -> dpdk_testenv::Result<()> {
+    for tool in dpdk_testenv::binaries::TOOLS {
+        let exe = tool.ensure()?;
+        println!("{:<14} {} {}", tool.name, tool.version()?, exe.display());
+    }
+    Ok(())
+}
+
+fn images(release: bool) -> dpdk_testenv::Result<()> {
+    use dpdk_testenv::images::{Profile, build_images};
+    let profile = if release {
+        Profile::Release
+    } else {
+        Profile::Dev
+    };
+    for image in build_images(profile)? {
+        println!(
+            "{:<16} {} {:>6.1} MiB  {}",
+            image.name,
+            image.digest,
+            image.size as f64 / (1024.0 * 1024.0),
+            image.oci_ref()
+        );
+    }
+    Ok(())
 }
 
 async fn up(data_dir: Option<PathBuf>, install_crds: bool) -> dpdk_testenv::Result<()> {
