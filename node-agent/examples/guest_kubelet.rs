@@ -40,7 +40,7 @@ fn parse_args() -> Result<Args, String> {
     let [dir, resource, out, timeout] = a.as_slice() else {
         return Err("usage: guest_kubelet <plugin-dir> <resource> <out-dir> <timeout>".into());
     };
-    let timeout = dpdk_node_agent::device_plugin::cli::parse_duration(timeout)?;
+    let timeout = dpdk_bridge::duration::parse(timeout).map_err(|e| e.to_string())?;
     Ok(Args {
         plugin_dir: dir.into(),
         resource: resource.clone(),

@@ -109,6 +109,7 @@ fn bound_node(nic: &FakeNic) -> FakeNode {
         HostNetwork {
             routes: vec![],
             addresses: vec![],
+            rules: vec![],
         },
         SafetyPolicy::default(),
     );
@@ -128,6 +129,7 @@ fn bound_node(nic: &FakeNic) -> FakeNode {
         address: PciAddress::parse(&nic.bdf).expect("bdf"),
         driver: "vfio-pci".into(),
         resource_name: Some("intel.com/dpdk".into()),
+        eni_mac: dpdk_node_agent::safety::EniMac::Unchecked,
     };
     let report = reconcile::converge(&ctx, &mut journal, &[target]);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
