@@ -122,6 +122,7 @@ fn values_change_what_they_name() {
             "controller.resources.limits.memory=512Mi",
             "sourceNamespace=dpdk-sources",
             "webhookReceiver.service.enabled=true",
+            "webhookReceiver.service.port=9443",
             "webhookReceiver.ingress.enabled=true",
             "webhookReceiver.ingress.host=hooks.example.com",
             "configSource.enabled=true",
@@ -182,17 +183,17 @@ fn values_change_what_they_name() {
     assert_eq!(source["spec"]["url"], "https://git.example.com/p/c.git");
     assert_eq!(source["spec"]["secretRef"]["name"], "platform-dpdk-git");
 
-    // The node policy template is a placeholder until deploy/dpdk-node-policy.yaml lands:
-    // enabling it fails the render instead of installing nothing.
-    let out = helm
-        .command(None)
-        .args(["template", RELEASE])
-        .arg(chart_dir())
-        .args(["--set", "nodePolicy.enabled=true"])
-        .output()
-        .expect("helm runs");
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nodePolicy.enabled"));
+    // The per-node admission policy is on by default (deploy/ installs it); off, none of
+    // its policies or bindings is rendered, and the rest stays.
+    let without = render(&helm, &["nodePolicy.enabled=false"]);
+    let admission = |o: &Objects| {
+        o.keys()
+            .filter(|k| k.starts_with("admissionregistration.k8s.io/"))
+            .count()
+    };
+    assert_eq!(admission(&render(&helm, &[])), 6);
+    assert_eq!(admission(&without), 0);
+    object(&without, "apps/v1/Deployment/dpdk-operator/dpdk-controller");
 }
 
 fn kubectl(cp: &ControlPlane, args: &[&str]) -> String {
@@ -301,6 +302,8 @@ async fn helm_install_upgrade_and_uninstall_on_the_real_api_server() {
             "configSource.enabled=true",
             "--set",
             "webhookReceiver.service.enabled=true",
+            "--set",
+            "webhookReceiver.service.port=9443",
             "--set",
             "webhookReceiver.ingress.enabled=true",
         ],
