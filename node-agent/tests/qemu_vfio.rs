@@ -4,6 +4,8 @@
 //!   /dev/vfio/<group> exists (emulated Intel VT-d, `intel_iommu=on`);
 //! - refuses the virtio NIC, which carries the default route;
 //! - restores e1000e on unbind;
+//! - refuses the e1000e when its only route is in table 100 (policy routing, as the VPC CNI
+//!   sets up a secondary ENI): the route check reads every table through rtnetlink;
 //! - without an IOMMU, on this Debian kernel (no CONFIG_VFIO_NOIOMMU), `load` says exactly
 //!   that, and a failed vfio-pci probe hands the NIC back to e1000e.
 //!
@@ -133,4 +135,36 @@ fn without_iommu_a_debian_kernel_is_named_for_lacking_config_vfio_noiommu_and_th
             "override_cleared",
         ],
     );
+}
+
+#[test]
+fn refuses_a_nic_whose_only_route_is_in_table_100_on_a_real_kernel() {
+    let Some(boot) = run("route-table", true) else {
+        return;
+    };
+    assert_checks(
+        &boot,
+        &[
+            "route_added",
+            "route_in_table_100",
+            "main_table_does_not_name_nic",
+            "load_exit",
+            "vfio_pci_driver",
+            "refuse_exit",
+            "refuse_names_table_100",
+            "report_refused",
+            "nic_untouched",
+            "netdev_kept",
+            "override_cleared",
+            "route_still_in_table_100",
+        ],
+    );
+    // The guest's own view: table 100 and the agent's refusal.
+    for line in boot
+        .console
+        .lines()
+        .filter(|l| l.contains("DPDKTEST-LOG table100") || l.contains("DPDKTEST-LOG bind"))
+    {
+        eprintln!("{line}");
+    }
 }

@@ -4,7 +4,8 @@
 # e1000e NIC has no address (a secondary ENI). Then the statically linked agent runs its
 # `load` and one-shot `bind`/`unbind`, and every check prints one line:
 #   DPDKTEST <name> PASS|FAIL <detail>
-# The mode comes from the kernel command line: dpdktest=iommu|noiommu|bench|pod-iommu|pod-noiommu.
+# The mode comes from the kernel command line:
+# dpdktest=iommu|noiommu|route-table|bench|pod-iommu|pod-noiommu.
 # The pod modes (tests/qemu_dpdk.rs) run the node as a cluster would: the agent's `load` and
 # `run` against the host's API server and IMDS stub (QEMU guestfwd), the device plugin with
 # the guest kubelet, and dpdk-testpmd in a mount namespace built from the Allocate answer
@@ -93,6 +94,34 @@ noiommu)
   check bind_says_why "" grep -q "did not claim" /tmp/bind.out
   check rolled_back "driver=$(driver_of $NIC)" [ "$(driver_of $NIC)" = e1000e ]
   check override_cleared "" [ "$(cat /sys/bus/pci/devices/$NIC/driver_override)" = "(null)" ]
+  ;;
+route-table)
+  # A secondary ENI as the VPC CNI sets one up: up, no address, its only route in a table
+  # of its own (table 100), none in the main table. The agent must refuse it all the same.
+  ip route add 10.99.0.0/24 dev "$NIC_IF" table 100; rc=$?
+  check route_added "rc=$rc" [ "$rc" = 0 ]
+  ip route show table 100 | sed 's/^/DPDKTEST-LOG table100 /'
+  in_table_100() { ip route show table 100 | grep -q "^10.99.0.0/24 dev $NIC_IF"; }
+  # What a main-table-only check reads (/proc/net/route) does not name the NIC at all.
+  not_in_main() { awk -v i="$NIC_IF" '$1 == i { found = 1 } END { exit found }' /proc/net/route; }
+  check route_in_table_100 "" in_table_100
+  check main_table_does_not_name_nic "" not_in_main
+  sed 's/^/DPDKTEST-LOG proc-net-route /' /proc/net/route
+
+  $A load $STATE --driver vfio-pci --noiommu true > /tmp/load.out 2>&1; rc=$?
+  sed 's/^/DPDKTEST-LOG load /' /tmp/load.out
+  check load_exit "rc=$rc" [ "$rc" = 0 ]
+  check vfio_pci_driver "" [ -d /sys/bus/pci/drivers/vfio-pci ]
+
+  $A bind $STATE --pci $NIC --driver vfio-pci --node-ip 10.0.2.15 > /tmp/bind.out 2>&1; rc=$?
+  sed 's/^/DPDKTEST-LOG bind /' /tmp/bind.out
+  check refuse_exit "rc=$rc" [ "$rc" != 0 ]
+  check refuse_names_table_100 "" grep -q "10.99.0.0/24 dev $NIC_IF table 100" /tmp/bind.out
+  check report_refused "" grep -q '"health": "Refused"' /tmp/bind.out
+  check nic_untouched "driver=$(driver_of $NIC)" [ "$(driver_of $NIC)" = e1000e ]
+  check netdev_kept "$NIC_IF" [ -d "/sys/class/net/$NIC_IF" ]
+  check override_cleared "$(cat /sys/bus/pci/devices/$NIC/driver_override)" [ "$(cat /sys/bus/pci/devices/$NIC/driver_override)" = "(null)" ]
+  check route_still_in_table_100 "" in_table_100
   ;;
 pod-iommu|pod-noiommu)
   . /etc/dpdktest/env
