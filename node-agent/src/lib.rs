@@ -9,6 +9,7 @@
 //! - [`kernel`]: the agent's only writes to the kernel (sysfs attributes, module loading).
 //! - [`mapping`]: ENI → MAC → PCI address, through IMDS and sysfs.
 //! - [`modules`]: loading and verifying vfio / vfio-pci (or igb_uio, uio_pci_generic).
+//! - [`netlink`]: every route of every table and every policy rule, from rtnetlink.
 //! - [`podresources`]: which devices pods hold, from the kubelet's PodResources API.
 //! - [`reconcile`]: converging the node's devices on the desired set, through the journal.
 //! - [`report`]: DPDKNodeState status, NodeENI `dpdk*` attachment fields, the ready label.

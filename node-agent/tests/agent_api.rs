@@ -778,10 +778,7 @@ async fn refused_targets_are_reported_with_their_reason_and_never_unbound() {
         )
         .await
         .expect("create state");
-    let sa = cp
-        .service_account_client("dpdk-operator", "dpdk-node-agent")
-        .await
-        .expect("sa client");
+    let sa = agent_client(cp, &node_name).await;
     let token = CancellationToken::new();
     let imds = Imds::new(&stub.endpoint()).expect("imds");
     let run = tokio::spawn(agent(&node_name, sa, &node, Some(imds), None).run(token.clone()));

@@ -9,13 +9,18 @@
 //! they die with the test process even when a test panics or a shared control plane
 //! (which, living in a static, is never dropped) outlives every test.
 //!
-//! - [`binaries`]: building and caching the Go binaries.
+//! - [`binaries`]: building and caching the Go binaries (control plane, helm, actionlint,
+//!   the Argo CD Lua helper).
 //! - [`certs`]: the control plane's CA, serving and client certificates, SA signing key.
 //! - [`control_plane`]: a running kube-apiserver + etcd pair on loopback.
 //! - [`demo`]: the README's demo.
 //! - [`fixtures`]: simulated Nodes and NodeENIs, the seed's DPDKConfig, CRD installs.
 //! - [`git_server`]: real Git servers (https, ssh, file) on loopback.
 //! - `process`: children that cannot outlive the test process.
+//! - [`helm`]: the helm CLI with a scratch config, cache and data home.
+//! - [`images`]: the two images, built with buildah from `deploy/docker/`.
+//! - [`objects`]: manifests as objects keyed by apiVersion/kind/namespace/name.
+//! - [`runc`]: running an image under runc with a shipped manifest's security settings.
 //! - [`workload_pods`]: the demo's stand-in for DaemonSet pods on simulated nodes.
 
 pub mod binaries;
