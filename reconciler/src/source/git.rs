@@ -67,20 +67,18 @@ pub const MAX_FETCH_BYTES_FLAG: &str = "--source-max-fetch-bytes";
 /// Flag of [`FetchRequest::timeout`].
 pub const FETCH_TIMEOUT_FLAG: &str = "--source-fetch-timeout";
 
-/// Why a fetch gave no revision. `reason` is the DPDKConfigSource condition reason.
+/// Why a fetch gave no revision.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchError {
-    /// `FetchFailed`, or `ValidationFailed` for a fetched revision over a loader limit.
-    pub reason: &'static str,
     pub message: String,
-    /// The revision, when it was fetched (and rejected).
+    /// The revision when it was fetched and then rejected (over a loader limit: the source
+    /// reports `ValidationFailed`); `None` when the fetch itself failed (`FetchFailed`).
     pub revision: Option<String>,
 }
 
 impl FetchError {
     fn failed(message: impl Into<String>) -> FetchError {
         FetchError {
-            reason: "FetchFailed",
             message: message.into(),
             revision: None,
         }
@@ -369,7 +367,6 @@ pub fn fetch(req: &FetchRequest) -> Result<Fetched, FetchError> {
     let checkout =
         checkout_tree(&repo, &commit, cache_dir, &req.path, &req.limits).map_err(|e| match e {
             checkout::CheckoutError::Limit(d) => FetchError {
-                reason: "ValidationFailed",
                 message: format!("revision {revision} rejected, nothing applied: {d}"),
                 revision: Some(revision.clone()),
             },

@@ -531,12 +531,12 @@ impl FetchFailure {
 
 impl From<git::FetchError> for FetchFailure {
     fn from(e: git::FetchError) -> FetchFailure {
-        let error = match (&e.revision, e.reason) {
-            (Some(revision), "ValidationFailed") => Error::InvalidRevision {
+        let error = match &e.revision {
+            Some(revision) => Error::InvalidRevision {
                 revision: revision.clone(),
                 message: e.message.clone(),
             },
-            _ => Error::Fetch(e.message.clone()),
+            None => Error::Fetch(e.message.clone()),
         };
         FetchFailure {
             revision: e.revision,
