@@ -15,11 +15,14 @@ use crate::labels::{CONTROLLER_MANAGER, NODE_ENABLED_LABEL, NODE_READY_LABEL};
 pub const NODEENI_ENABLE_PATH: [&str; 2] = ["f:spec", "f:enableDPDK"];
 pub const NODEENI_DRIVER_PATH: [&str; 2] = ["f:spec", "f:dpdkDriver"];
 pub const NODEENI_RESOURCE_PATH: [&str; 2] = ["f:spec", "f:dpdkResourceName"];
-/// All three, in the order enableDPDK, dpdkDriver, dpdkResourceName.
-pub const NODEENI_PATHS: [[&str; 2]; 3] = [
+/// Written only once the node agent reported the device's BDF (docs/multi-eni-controller.md).
+pub const NODEENI_PCI_PATH: [&str; 2] = ["f:spec", "f:dpdkPCIAddress"];
+/// All four, in the order enableDPDK, dpdkDriver, dpdkResourceName, dpdkPCIAddress.
+pub const NODEENI_PATHS: [[&str; 2]; 4] = [
     NODEENI_ENABLE_PATH,
     NODEENI_DRIVER_PATH,
     NODEENI_RESOURCE_PATH,
+    NODEENI_PCI_PATH,
 ];
 
 /// A label on an object's metadata, as a FieldsV1 path.
@@ -228,6 +231,11 @@ pub fn parse_apply_conflicts(status: &kube::core::Status) -> Vec<FieldConflict> 
 pub struct DpdkFields {
     pub driver: DpdkDriver,
     pub resource_name: String,
+    /// `enableDPDK: true`; left out (not false) until the agent bound every attached
+    /// attachment, so the Multi-ENI Controller's ENI manager never binds first.
+    pub enable: bool,
+    /// `dpdkPCIAddress`: the BDF the agents reported, when the user set none.
+    pub pci_address: Option<String>,
 }
 
 /// Apply configuration for a Node: the enabled label, or nothing (releases it). The UID
@@ -243,7 +251,7 @@ pub fn node_label_apply(node: &str, uid: Option<&str>, enabled: bool) -> Value {
     json!({ "apiVersion": "v1", "kind": "Node", "metadata": meta })
 }
 
-/// Apply configuration for a NodeENI: exactly the three DPDK spec fields, or none of
+/// Apply configuration for a NodeENI: the DPDK spec fields `fields` sets, or none of
 /// them (releases the controller's ownership; a value someone else also set stays).
 /// Never status: `status.attachments` is an atomic list owned by the Multi-ENI Controller.
 pub fn nodeeni_apply(name: &str, uid: Option<&str>, fields: Option<&DpdkFields>) -> Value {
@@ -254,11 +262,17 @@ pub fn nodeeni_apply(name: &str, uid: Option<&str>, fields: Option<&DpdkFields>)
     let mut obj =
         json!({ "apiVersion": "networking.k8s.aws/v1alpha1", "kind": "NodeENI", "metadata": meta });
     if let Some(f) = fields {
-        obj["spec"] = json!({
-            "enableDPDK": true,
+        let mut spec = json!({
             "dpdkDriver": f.driver.as_str(),
             "dpdkResourceName": f.resource_name,
         });
+        if f.enable {
+            spec["enableDPDK"] = json!(true);
+        }
+        if let Some(pci) = &f.pci_address {
+            spec["dpdkPCIAddress"] = json!(pci);
+        }
+        obj["spec"] = spec;
     }
     obj
 }
@@ -441,11 +455,30 @@ mod tests {
         let f = DpdkFields {
             driver: DpdkDriver::VfioPci,
             resource_name: "intel.com/intel_sriov_netdevice_2".into(),
+            enable: true,
+            pci_address: None,
         };
         let v = nodeeni_apply("eni-a", Some("u1"), Some(&f));
         assert_eq!(
             v["spec"],
             json!({"enableDPDK": true, "dpdkDriver": "vfio-pci", "dpdkResourceName": "intel.com/intel_sriov_netdevice_2"})
+        );
+        // Before the agent bound: no enableDPDK at all (never false); after: with the BDF.
+        let waiting = DpdkFields {
+            enable: false,
+            ..f.clone()
+        };
+        assert_eq!(
+            nodeeni_apply("eni-a", None, Some(&waiting))["spec"],
+            json!({"dpdkDriver": "vfio-pci", "dpdkResourceName": "intel.com/intel_sriov_netdevice_2"})
+        );
+        let bound = DpdkFields {
+            pci_address: Some("0000:00:06.0".into()),
+            ..f.clone()
+        };
+        assert_eq!(
+            nodeeni_apply("eni-a", None, Some(&bound))["spec"]["dpdkPCIAddress"],
+            "0000:00:06.0"
         );
         assert!(v.get("status").is_none());
         assert_eq!(v["metadata"]["uid"], "u1");

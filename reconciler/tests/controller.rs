@@ -316,6 +316,8 @@ async fn another_field_manager_is_named_and_force_conflicts_overrides() {
         Some(&ssa::DpdkFields {
             driver: Default::default(),
             resource_name: RES.into(),
+            enable: true,
+            pci_address: None,
         }),
     );
     match Api::<NodeENI>::all(admin.clone())

@@ -90,6 +90,10 @@ pub struct Settings {
     /// is sharded (`--config-selector`): it only touches nodes its configs select or
     /// whose DPDKNodeState names one of its configs.
     pub cluster_scope: bool,
+    /// Write a NodeENI's `enableDPDK` only once the agents report every attached
+    /// attachment `dpdkBound`, and then `dpdkPCIAddress` (docs/multi-eni-controller.md).
+    /// `dpdk-reconciler run` turns it on; off, `enableDPDK` is written at once.
+    pub enable_after_bound: bool,
 }
 
 impl Default for Settings {
@@ -98,6 +102,7 @@ impl Default for Settings {
             force_conflicts: false,
             teardown_timeout: Duration::from_secs(300),
             cluster_scope: true,
+            enable_after_bound: false,
         }
     }
 }

@@ -1,13 +1,17 @@
 //! Phase 2, NodeENIs: per NodeENI some claim targets, one set of values (the oldest
 //! config's), then the checks that block an update (a selector reaching unmatched nodes,
 //! a partly mapped multi-subnet NodeENI, another field manager's value), and the apply.
+//!
+//! With [`Settings::enable_after_bound`](super::Settings) `enableDPDK` waits for the node
+//! agents (see [`enablement`]): the AWS Multi-ENI Controller's ENI manager binds every
+//! enabled attachment that does not say `dpdkBound`, so it must only ever see bound ones.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::claims::{ClaimRef, Claims};
 use super::index::{ConfigIx, Conflicts, EniIx, Index, NodeIx, PerConfig};
 use super::{Kind, PassInput, Write, list_names, reason};
-use crate::api::{ConfigConflict, DpdkDriver};
+use crate::api::{ConfigConflict, DpdkDriver, ENIAttachment, NodeENI};
 use crate::labels::CONTROLLER_MANAGER;
 use crate::ssa::{self, DpdkFields};
 
@@ -260,15 +264,94 @@ fn partly_mapped(
     blocked
 }
 
-/// Which of enableDPDK, dpdkDriver and dpdkResourceName already hold the winner's values.
-fn live_ok(input: &PassInput<'_, '_>, case: &EniCase<'_>) -> [bool; 3] {
+/// Which of enableDPDK, dpdkDriver, dpdkResourceName and dpdkPCIAddress already hold what
+/// this pass writes (a field it leaves out is fine as it is).
+fn live_ok(input: &PassInput<'_, '_>, case: &EniCase<'_>) -> [bool; 4] {
     let eni = input.index.eni(case.e);
     let w = &case.winner;
+    let en = enablement(input, eni);
     [
-        eni.spec.enable_dpdk == Some(true),
+        !en.enable || eni.spec.enable_dpdk == Some(true),
         eni.spec.dpdk_driver.as_deref() == Some(w.driver.as_str()),
         eni.spec.dpdk_resource_name.as_deref() == Some(w.resource_name.as_str()),
+        en.pci_address.is_none() || eni.spec.dpdk_pci_address == en.pci_address,
     ]
+}
+
+/// The attachment status the Multi-ENI Controller records once the ENI is attached.
+pub(crate) const ATTACHED: &str = "attached";
+
+/// What this pass writes to `enableDPDK` and `dpdkPCIAddress`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Enablement {
+    pub(crate) enable: bool,
+    pub(crate) pci_address: Option<String>,
+}
+
+/// Upstream's ENI manager (v1.3.8, `pkg/eni-manager/dpdk/coordinator.go`) binds every
+/// `attached` attachment of an enabled NodeENI whose `dpdkBound` is not true, on every
+/// node the NodeENI selects (it does not check `nodeID`).
+fn upstream_would_bind(a: &ENIAttachment) -> bool {
+    a.status.as_deref() == Some(ATTACHED) && a.dpdk_bound != Some(true)
+}
+
+/// The one BDF every attached attachment reports (the agents' `dpdkPCIAddress`); none
+/// when some report none or they differ (upstream has one spec field for all nodes).
+fn reported_pci_address(eni: &NodeENI) -> Option<String> {
+    let mut attached = eni
+        .status
+        .iter()
+        .flat_map(|s| s.attachments.iter())
+        .filter(|a| a.status.as_deref() == Some(ATTACHED));
+    let first = attached.next()?.dpdk_pci_address.clone()?;
+    attached
+        .all(|a| a.dpdk_pci_address.as_deref() == Some(first.as_str()))
+        .then_some(first)
+}
+
+/// `enableDPDK` once no attachment is left for upstream to bind, and then for good (a stale
+/// status Update erasing `dpdkBound` must not withdraw it); with it, `dpdkPCIAddress` set
+/// to the agents' BDF unless someone else set one, so any upstream attempt targets the
+/// device our agent already bound. Without `enable_after_bound`: enabled at once, no BDF.
+pub(crate) fn enablement(input: &PassInput<'_, '_>, eni: &NodeENI) -> Enablement {
+    if !input.settings.enable_after_bound {
+        return Enablement {
+            enable: true,
+            pci_address: None,
+        };
+    }
+    let ours = |path: &[&str; 2]| ssa::owned_by(&eni.metadata, CONTROLLER_MANAGER, path);
+    let enabled = eni.spec.enable_dpdk == Some(true) && ours(&ssa::NODEENI_ENABLE_PATH);
+    let all_bound = !eni
+        .status
+        .iter()
+        .flat_map(|s| s.attachments.iter())
+        .any(upstream_would_bind);
+    let enable = enabled || all_bound;
+    let pci_address = if ours(&ssa::NODEENI_PCI_PATH) {
+        eni.spec.dpdk_pci_address.clone()
+    } else if eni.spec.dpdk_pci_address.is_some() || !enable {
+        None
+    } else {
+        reported_pci_address(eni)
+    };
+    Enablement {
+        enable,
+        pci_address,
+    }
+}
+
+/// A `dpdkPCIAddress` someone else set (it goes in the DPDKNodeState for the agent to
+/// check); the one the controller copied from the agents' reports is not fed back.
+pub(crate) fn user_pci_address(eni: &NodeENI) -> Option<String> {
+    let path = &ssa::NODEENI_PCI_PATH;
+    let only_ours = ssa::owned_by(&eni.metadata, CONTROLLER_MANAGER, path)
+        && ssa::other_owners(&eni.metadata, path, CONTROLLER_MANAGER).is_empty();
+    if only_ours {
+        None
+    } else {
+        eni.spec.dpdk_pci_address.clone()
+    }
 }
 
 /// Another field manager holding one of our fields with a different value.
@@ -341,9 +424,17 @@ fn decide(input: &PassInput<'_, '_>, case: &EniCase<'_>, blocked: bool, out: &mu
     for &c in &case.configs {
         out.driven_by[c].insert(case.e);
     }
-    let owned = ssa::NODEENI_PATHS
+    let en = enablement(input, eni);
+    // Ownership matches what the apply sends: a field it leaves out must not be ours.
+    let sent = [
+        (ssa::NODEENI_ENABLE_PATH, en.enable),
+        (ssa::NODEENI_DRIVER_PATH, true),
+        (ssa::NODEENI_RESOURCE_PATH, true),
+        (ssa::NODEENI_PCI_PATH, en.pci_address.is_some()),
+    ];
+    let owned = sent
         .iter()
-        .all(|p| ssa::owned_by(&eni.metadata, CONTROLLER_MANAGER, p));
+        .all(|(p, s)| ssa::owned_by(&eni.metadata, CONTROLLER_MANAGER, p) == *s);
     if !in_sync || !owned {
         out.writes.push(Write::ApplyNodeEni {
             name: case.name.to_string(),
@@ -351,6 +442,8 @@ fn decide(input: &PassInput<'_, '_>, case: &EniCase<'_>, blocked: bool, out: &mu
             fields: DpdkFields {
                 driver: case.winner.driver,
                 resource_name: case.winner.resource_name.clone(),
+                enable: en.enable,
+                pci_address: en.pci_address,
             },
             force: input.settings.force_conflicts,
         });
@@ -363,7 +456,8 @@ mod tests {
     use crate::api::{DpdkDriver, EffectiveDriverOptions};
     use crate::plan::Settings;
     use crate::plan::claims::{Claim, NodeClaims};
-    use crate::plan::tests::{Objects, RES2, config, eni, node, pass};
+    use crate::plan::tests::{Objects, RES2, attach, config, eni, entry, node, pass};
+    use serde_json::json;
 
     const RES3: &str = "intel.com/intel_sriov_netdevice_3";
 
@@ -411,6 +505,8 @@ mod tests {
                 fields: DpdkFields {
                     driver: DpdkDriver::VfioPci,
                     resource_name: RES2.into(),
+                    enable: true,
+                    pci_address: None,
                 },
                 force: false,
             }]
@@ -485,5 +581,151 @@ mod tests {
         assert_eq!(old[0].reason, reason::PARTIAL_MULTI_SUBNET);
         assert!(out.writes.is_empty());
         assert_eq!((out.driven, out.conflicted), (0, 1));
+    }
+
+    const BDF: &str = "0000:00:06.0";
+
+    /// The seed's shape with the agents' ordering on: NodeENI `e` attached to `n1` and
+    /// `n2` at deviceIndex 2, each attachment bound (with `pci`) or not.
+    fn after_bound(bound: &[Option<&str>]) -> (Objects, Settings) {
+        let mut e = eni("e", &[("ng", "x")], 2, 1);
+        for (i, pci) in bound.iter().enumerate() {
+            attach(&mut e, &format!("n{}", i + 1), 2);
+            let a = &mut e.status.as_mut().expect("status").attachments[i];
+            a.dpdk_bound = pci.map(|_| true);
+            a.dpdk_pci_address = pci.map(str::to_string);
+        }
+        let objects = Objects {
+            configs: vec![config("c", 0, &[("ng", "x")], &[(2, RES2)])],
+            nodes: vec![node("n1", &[("ng", "x")]), node("n2", &[("ng", "x")])],
+            enis: vec![e],
+            ..Default::default()
+        };
+        let settings = Settings {
+            enable_after_bound: true,
+            ..Settings::default()
+        };
+        (objects, settings)
+    }
+
+    fn both_nodes(claims: usize) -> Claims {
+        let nodes = vec![NodeIx(0), NodeIx(1)];
+        Claims::new(
+            PerConfig::from(vec![nodes.clone(); claims]),
+            nodes
+                .iter()
+                .map(|&n| NodeClaims {
+                    node: n,
+                    configs: vec![ConfigIx(0)],
+                    options: EffectiveDriverOptions::default(),
+                    claims: vec![claim(2, RES2, 0, 0)],
+                })
+                .collect(),
+            Conflicts::none(claims),
+        )
+    }
+
+    fn applied(objects: &Objects, settings: &Settings) -> Vec<DpdkFields> {
+        let snap = objects.snapshot();
+        let input = pass(&snap, settings);
+        node_enis(&input, &both_nodes(1))
+            .writes
+            .into_iter()
+            .filter_map(|w| match w {
+                Write::ApplyNodeEni { fields, .. } => Some(fields),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn fields(enable: bool, pci: Option<&str>) -> DpdkFields {
+        DpdkFields {
+            driver: DpdkDriver::VfioPci,
+            resource_name: RES2.into(),
+            enable,
+            pci_address: pci.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn enable_dpdk_waits_until_every_attached_attachment_is_bound() {
+        // n2's agent has not bound yet: upstream's ENI manager would bind it.
+        let (objects, settings) = after_bound(&[Some(BDF), None]);
+        assert_eq!(applied(&objects, &settings), vec![fields(false, None)]);
+        // The same NodeENI with the old ordering: enabled at once, no BDF.
+        let legacy = Settings::default();
+        assert_eq!(applied(&objects, &legacy), vec![fields(true, None)]);
+        // Both bound, on the same BDF: enabled, and the BDF written for upstream to see.
+        let (objects, settings) = after_bound(&[Some(BDF), Some(BDF)]);
+        assert_eq!(applied(&objects, &settings), vec![fields(true, Some(BDF))]);
+        // Different BDFs on different nodes: one spec field cannot say both; none.
+        let (objects, settings) = after_bound(&[Some(BDF), Some("0000:00:07.0")]);
+        assert_eq!(applied(&objects, &settings), vec![fields(true, None)]);
+    }
+
+    #[test]
+    fn an_attachment_not_attached_yet_does_not_hold_enable_dpdk() {
+        let (mut objects, settings) = after_bound(&[Some(BDF), None]);
+        let atts = &mut objects.enis[0].status.as_mut().expect("status").attachments;
+        atts[1].status = Some("attaching".into());
+        assert_eq!(applied(&objects, &settings), vec![fields(true, Some(BDF))]);
+    }
+
+    /// As the API server leaves the NodeENI after our apply of `f`.
+    fn live_after(objects: &mut Objects, f: &DpdkFields) {
+        let e = &mut objects.enis[0];
+        e.spec.enable_dpdk = f.enable.then_some(true);
+        e.spec.dpdk_driver = Some(f.driver.as_str().into());
+        e.spec.dpdk_resource_name = Some(f.resource_name.clone());
+        e.spec.dpdk_pci_address = f.pci_address.clone();
+        let mut owned = json!({"f:dpdkDriver": {}, "f:dpdkResourceName": {}});
+        if f.enable {
+            owned["f:enableDPDK"] = json!({});
+        }
+        if f.pci_address.is_some() {
+            owned["f:dpdkPCIAddress"] = json!({});
+        }
+        e.metadata.managed_fields = Some(vec![entry(CONTROLLER_MANAGER, json!({"f:spec": owned}))]);
+    }
+
+    #[test]
+    fn a_stale_status_update_erasing_dpdk_bound_neither_withdraws_nor_rewrites() {
+        let (mut objects, settings) = after_bound(&[Some(BDF), Some(BDF)]);
+        live_after(&mut objects, &fields(true, Some(BDF)));
+        assert!(applied(&objects, &settings).is_empty(), "converged");
+        // Upstream's controller copies its in-memory status over ours: dpdk* are gone.
+        for a in &mut objects.enis[0].status.as_mut().expect("status").attachments {
+            a.dpdk_bound = None;
+            a.dpdk_pci_address = None;
+        }
+        assert!(
+            applied(&objects, &settings).is_empty(),
+            "enableDPDK and the BDF stay as they are: no write"
+        );
+        // Waiting for the agents, the first apply leaves enableDPDK out; that is in sync too.
+        let (mut waiting, settings) = after_bound(&[None, None]);
+        live_after(&mut waiting, &fields(false, None));
+        assert!(applied(&waiting, &settings).is_empty());
+    }
+
+    #[test]
+    fn a_users_pci_address_is_kept_and_fed_to_the_agents_ours_is_not() {
+        let (mut objects, settings) = after_bound(&[Some(BDF), Some(BDF)]);
+        objects.enis[0].spec.dpdk_pci_address = Some("0000:00:09.0".into());
+        objects.enis[0].metadata.managed_fields = Some(vec![entry(
+            "platform-team",
+            json!({"f:spec": {"f:dpdkPCIAddress": {}}}),
+        )]);
+        assert_eq!(applied(&objects, &settings), vec![fields(true, None)]);
+        assert_eq!(
+            user_pci_address(&objects.enis[0]).as_deref(),
+            Some("0000:00:09.0")
+        );
+        live_after(&mut objects, &fields(true, Some(BDF)));
+        assert_eq!(
+            user_pci_address(&objects.enis[0]),
+            None,
+            "the agents' own BDF"
+        );
     }
 }

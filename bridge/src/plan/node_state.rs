@@ -77,7 +77,7 @@ fn desired_spec(
             device_index: cl.device_index,
             node_eni: ix.eni_name(*e).to_string(),
             eni_id: eni_id.clone(),
-            pci_address: ix.eni(*e).spec.dpdk_pci_address.clone(),
+            pci_address: super::node_eni::user_pci_address(ix.eni(*e)),
             resource_name: cl.resource_name.clone(),
             driver: cl.driver,
         });

@@ -318,7 +318,15 @@ impl World {
                     .iter_mut()
                     .find(|e| e.metadata.name.as_deref() == Some(name))
                     .expect("eni");
-                e.spec.enable_dpdk = Some(true);
+                if fields.enable {
+                    e.spec.enable_dpdk = Some(true);
+                } else if ssa::owned_by(&e.metadata, CONTROLLER_MANAGER, &ssa::NODEENI_ENABLE_PATH)
+                {
+                    e.spec.enable_dpdk = None;
+                }
+                if fields.pci_address.is_some() {
+                    e.spec.dpdk_pci_address = fields.pci_address.clone();
+                }
                 e.spec.dpdk_driver = Some(fields.driver.as_str().into());
                 e.spec.dpdk_resource_name = Some(fields.resource_name.clone());
                 // Force or not, the applier ends up the owner; others lose changed fields.
@@ -335,10 +343,17 @@ impl World {
                         }
                     }
                 }
+                let mut owned = json!({"f:dpdkDriver": {}, "f:dpdkResourceName": {}});
+                if fields.enable {
+                    owned["f:enableDPDK"] = json!({});
+                }
+                if fields.pci_address.is_some() {
+                    owned["f:dpdkPCIAddress"] = json!({});
+                }
                 set_owner(
                     &mut e.metadata,
                     CONTROLLER_MANAGER,
-                    json!({"f:spec": {"f:enableDPDK": {}, "f:dpdkDriver": {}, "f:dpdkResourceName": {}}}),
+                    json!({"f:spec": owned}),
                 );
                 bump(&mut e.metadata);
             }
@@ -364,6 +379,9 @@ impl World {
                 }
                 if !c {
                     e.spec.dpdk_resource_name = None;
+                }
+                if !owned(&ssa::NODEENI_PCI_PATH) {
+                    e.spec.dpdk_pci_address = None;
                 }
                 bump(&mut e.metadata);
             }

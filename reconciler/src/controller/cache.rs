@@ -190,13 +190,12 @@ fn trim_node_eni(e: &mut NodeENI) {
     e.metadata.annotations = None;
     if let Some(st) = e.status.as_mut() {
         for a in st.attachments.iter_mut() {
-            // Only nodeID, deviceIndex and eniID are read.
+            // Read: nodeID, deviceIndex, eniID, status, dpdkBound and dpdkPCIAddress.
             a.instance_id = None;
             a.attachment_id = None;
             a.subnet_id = None;
             a.subnet_cidr = None;
             a.last_updated = None;
-            a.dpdk_pci_address = None;
             a.dpdk_resource_name = None;
             a.dpdk_driver = None;
         }

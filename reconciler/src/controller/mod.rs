@@ -60,6 +60,9 @@ pub struct Options {
     pub max_backoff: Duration,
     /// `None`: this replica always leads (`--no-leader-election`).
     pub leader_election: Option<LeaderElectionConfig>,
+    /// Write `enableDPDK` only after the agents bound the devices (`Settings::enable_after_bound`).
+    /// `dpdk-reconciler run` sets it unless `--enable-dpdk-immediately`.
+    pub enable_dpdk_after_bound: bool,
     /// Reporting instance on Events.
     pub identity: String,
 }
@@ -75,6 +78,7 @@ impl Default for Options {
             debounce: Duration::from_millis(100),
             max_backoff: Duration::from_secs(30),
             leader_election: None,
+            enable_dpdk_after_bound: false,
             identity: default_identity(),
         }
     }
@@ -109,6 +113,11 @@ pub struct ControllerArgs {
     /// reported in the DPDKConfig status and a Warning event, and left alone.
     #[arg(long)]
     pub force_conflicts: bool,
+    /// Write a NodeENI's enableDPDK as soon as a config claims it, before the node agents
+    /// bound its devices (the old ordering). The AWS Multi-ENI Controller's ENI manager
+    /// then binds them too; see docs/multi-eni-controller.md.
+    #[arg(long)]
+    pub enable_dpdk_immediately: bool,
     /// How long teardown waits for a node whose agent never reported before releasing the
     /// NodeENI fields and the node label anyway (a Go duration: 500ms, 30s, 5m, 1h30m).
     #[arg(long, default_value = "5m", value_parser = dpdk_bridge::duration::parse)]
@@ -181,6 +190,7 @@ impl ControllerArgs {
             config_selector: self.config_selector,
             concurrency: self.concurrency as usize,
             leader_election,
+            enable_dpdk_after_bound: !self.enable_dpdk_immediately,
             identity,
             ..Options::default()
         })
@@ -326,6 +336,7 @@ pub async fn run_led(
             force_conflicts: opts.force_conflicts,
             teardown_timeout: opts.teardown_timeout,
             cluster_scope: opts.config_selector.is_none(),
+            enable_after_bound: opts.enable_dpdk_after_bound,
         },
         concurrency: opts.concurrency.max(1),
     };
@@ -680,6 +691,25 @@ impl Reconciler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cli_waits_for_the_agents_before_enabling_unless_told_not_to() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            c: ControllerArgs,
+        }
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(args)
+                .expect("parses")
+                .c
+                .into_options()
+                .expect("valid")
+        };
+        assert!(parse(&["x"]).enable_dpdk_after_bound);
+        assert!(!parse(&["x", "--enable-dpdk-immediately"]).enable_dpdk_after_bound);
+    }
 
     #[test]
     fn flags_are_checked_together() {
