@@ -19,6 +19,7 @@
 //! - `process`: children that cannot outlive the test process.
 //! - [`helm`]: the helm CLI with a scratch config, cache and data home.
 //! - [`images`]: the two images, built with buildah from `deploy/docker/`.
+//! - [`multi_eni`]: a model of the AWS Multi-ENI Controller's DPDK behaviour (v1.3.8).
 //! - [`objects`]: manifests as objects keyed by apiVersion/kind/namespace/name.
 //! - [`runc`]: running an image under runc with a shipped manifest's security settings.
 //! - [`workload_pods`]: the demo's stand-in for DaemonSet pods on simulated nodes.
@@ -31,6 +32,7 @@ pub mod fixtures;
 pub mod git_server;
 pub mod helm;
 pub mod images;
+pub mod multi_eni;
 pub mod objects;
 mod process;
 pub mod runc;

@@ -527,6 +527,8 @@ impl SimNode {
         write(&dir.join("class"), format!("{}\n", nic.class))?;
         write(&dir.join("numa_node"), format!("{}\n", nic.numa_node))?;
         write(&dir.join("driver_override"), "(null)\n")?;
+        // What a udev-less reader (the Multi-ENI Controller's ENI manager) reads the slot from.
+        write(&dir.join("uevent"), format!("PCI_SLOT_NAME={}\n", nic.bdf))?;
         if let Some(g) = nic.group {
             mkdir(
                 &self
