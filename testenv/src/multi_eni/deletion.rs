@@ -140,7 +140,9 @@ pub fn move_back_to_ena(host: &Host, record: &Record, bdf: &str) -> bool {
     let dev = PathBuf::from("bus/pci/devices").join(bdf);
     let steps = [
         (
-            PathBuf::from("bus/pci/drivers").join(&current).join("unbind"),
+            PathBuf::from("bus/pci/drivers")
+                .join(&current)
+                .join("unbind"),
             bdf.to_string(),
         ),
         (dev.join("driver_override"), "ena".to_string()),

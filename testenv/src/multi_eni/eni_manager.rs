@@ -168,7 +168,12 @@ impl EniManager {
                 }
             }
         };
-        if let Some(res) = eni.spec.dpdk_resource_name.as_deref().filter(|r| !r.is_empty()) {
+        if let Some(res) = eni
+            .spec
+            .dpdk_resource_name
+            .as_deref()
+            .filter(|r| !r.is_empty())
+        {
             let u = ResourceUpdate::new(&bdf, res, &driver);
             updates.insert(u.resource_name.clone(), u);
         }
