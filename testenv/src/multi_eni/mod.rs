@@ -20,6 +20,8 @@ pub mod deletion;
 pub mod eni_manager;
 pub mod sriov;
 pub mod status_update;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
