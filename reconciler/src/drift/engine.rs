@@ -550,8 +550,7 @@ fn cluster_nodeeni(live: &LiveView, origins: &Origins, now: Timestamp, out: &mut
                     ),
                 ];
                 for (path, cfg_field, git, live_v) in checks {
-                    // enableDPDK waits for the agents (`Settings::enable_after_bound`).
-                    if git == live_v || (path == "/spec/enableDPDK" && !fields.enable) {
+                    if git == live_v {
                         continue;
                     }
                     let (loc, by) = match asker {
