@@ -39,9 +39,7 @@ use dpdk_node_agent::sim::kubelet::{NodeStatusWriter, SimKubelet};
 use dpdk_reconciler::controller::{self, Options, Telemetry};
 use dpdk_testenv::multi_eni::deletion::Deletion;
 use dpdk_testenv::multi_eni::eni_manager::EniManager;
-use dpdk_testenv::multi_eni::{
-    self, Action, Host, Record, Running, SysfsWriter, Version, status_update,
-};
+use dpdk_testenv::multi_eni::{self, Action, Host, Record, Running, SysfsWriter, status_update};
 use dpdk_testenv::{ControlPlane, StartOptions, fixtures};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -314,25 +312,24 @@ impl Cluster {
     fn start_model(&mut self) {
         for h in &self.hosts {
             let m = EniManager {
-                version: Version::V1_3_8,
-                host: h.host(),
-                client: self.client.clone(),
                 poll: POLL,
-                pcidp_config: h.node.root.join("pcidp-config.json"),
-                record: self.record.clone(),
+                ..EniManager::new(
+                    h.host(),
+                    self.client.clone(),
+                    h.node.root.join("pcidp-config.json"),
+                    self.record.clone(),
+                )
             };
             self._model.push(m.spawn());
         }
+        let hosts = self
+            .hosts
+            .iter()
+            .map(|h| (h.name.clone(), h.host()))
+            .collect();
         let d = Deletion {
-            version: Version::V1_3_8,
-            client: self.client.clone(),
-            hosts: self
-                .hosts
-                .iter()
-                .map(|h| (h.name.clone(), h.host()))
-                .collect(),
             poll: POLL,
-            record: self.record.clone(),
+            ..Deletion::new(self.client.clone(), hosts, self.record.clone())
         };
         self._model.push(d.spawn());
     }
@@ -789,14 +786,12 @@ async fn a_plugin_pod_deleted_with_grace_0_comes_back_and_leaves_the_running_pod
     );
 
     // What upstream does after a config.json change: rewrite it, delete the pods (grace 0).
-    let m = EniManager {
-        version: Version::V1_3_8,
-        host: h.host(),
-        client: c.client.clone(),
-        poll: POLL,
-        pcidp_config: h.node.root.join("pcidp-config.json"),
-        record: c.record.clone(),
-    };
+    let m = EniManager::new(
+        h.host(),
+        c.client.clone(),
+        h.node.root.join("pcidp-config.json"),
+        c.record.clone(),
+    );
     let deleted_at = Instant::now();
     multi_eni::sriov::apply_and_restart(
         &m,

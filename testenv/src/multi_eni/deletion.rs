@@ -40,6 +40,17 @@ pub struct Deletion {
 }
 
 impl Deletion {
+    /// Polling as often as the ENI manager by default (upstream reacts to watch events).
+    pub fn new(client: Client, hosts: BTreeMap<String, Host>, record: Arc<Record>) -> Self {
+        Self {
+            version: Version::V1_3_8,
+            client,
+            hosts,
+            poll: super::DEFAULT_POLL,
+            record,
+        }
+    }
+
     pub fn spawn(self) -> Running {
         let span = info_span!("multi-eni-controller", version = self.version.as_str());
         Running(tokio::spawn(

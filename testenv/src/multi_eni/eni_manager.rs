@@ -67,6 +67,18 @@ pub struct State {
 }
 
 impl EniManager {
+    /// As upstream deploys it: the 30 s poll, `config.json` at `pcidp_config`.
+    pub fn new(host: Host, client: Client, pcidp_config: PathBuf, record: Arc<Record>) -> Self {
+        Self {
+            version: Version::V1_3_8,
+            host,
+            client,
+            poll: super::DEFAULT_POLL,
+            pcidp_config,
+            record,
+        }
+    }
+
     /// Runs the poll until the returned handle is dropped. As Go's ticker, the first pass
     /// comes one interval after the start.
     pub fn spawn(self) -> Running {
