@@ -80,6 +80,20 @@ impl Expectations {
         }
     }
 
+    /// Forgets writes unobserved for longer than the TTL. A write whose watch event
+    /// arrived before its response was handled is never observed (the event came first)
+    /// and, on a converged cluster, never asked about again: without this, every such
+    /// write of a rollout stayed in the map until the next relist.
+    pub fn sweep(&self) {
+        self.sweep_older_than(EXPECTATION_TTL);
+    }
+
+    fn sweep_older_than(&self, ttl: Duration) {
+        if let Ok(mut m) = self.inner.lock() {
+            m.retain(|_, (_, at)| at.elapsed() < ttl);
+        }
+    }
+
     pub fn clear(&self) {
         if let Ok(mut m) = self.inner.lock() {
             m.clear();
@@ -395,6 +409,22 @@ mod tests {
         assert!(
             e.pending(Kind::Config, "c", Some("opaque-a")),
             "unordered versions: only equality counts"
+        );
+    }
+
+    #[test]
+    fn expectations_never_asked_about_again_are_swept_after_the_ttl() {
+        // The watch event came before the write's response: `observe` found nothing to
+        // clear, and a converged cluster never plans that write again.
+        let e = Expectations::default();
+        e.observe(Kind::NodeEni, "a", Some("10"));
+        e.expect(Kind::NodeEni, "a", Some("10".into()));
+        e.sweep();
+        assert_eq!(e.len(), 1, "still within the TTL");
+        e.sweep_older_than(Duration::ZERO);
+        assert!(
+            e.is_empty(),
+            "expired entries are dropped without being asked about"
         );
     }
 

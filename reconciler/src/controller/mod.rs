@@ -456,6 +456,7 @@ struct Reconciler {
 
 impl Reconciler {
     async fn pass(&self) -> Result<PassOutcome, Error> {
+        self.expectations.sweep();
         let configs = self.caches.configs.state();
         let nodes = self.caches.nodes.state();
         let node_enis = self.caches.node_enis.state();
