@@ -45,6 +45,7 @@ pub(super) fn config(
                     driver: DpdkDriver::VfioPci,
                 })
                 .collect(),
+            rollout: None,
         },
     );
     c.metadata.uid = Some(format!("uid-{name}"));
@@ -161,28 +162,47 @@ pub(super) fn pass<'s, 'a>(snap: &'s Snapshot<'a>, settings: &'s Settings) -> Pa
     }
 }
 
+/// What the device plugin advertises for a spec: every device healthy.
+pub(super) fn advertised(spec: &DPDKNodeStateSpec) -> crate::api::DevicePluginStatus {
+    let mut by_name: BTreeMap<&str, i32> = BTreeMap::new();
+    for d in &spec.devices {
+        *by_name.entry(d.resource_name.as_str()).or_default() += 1;
+    }
+    crate::api::DevicePluginStatus {
+        resources: by_name
+            .into_iter()
+            .map(|(name, n)| crate::api::AdvertisedResource {
+                resource_name: name.into(),
+                advertised: n,
+                healthy: n,
+            })
+            .collect(),
+        last_registration_time: None,
+    }
+}
+
 /// A tiny API server: applies the planner's writes the way SSA would, so tests can
 /// run pass after pass.
 #[derive(Default)]
-struct World {
-    configs: Vec<DPDKConfig>,
-    nodes: Vec<ObjectMeta>,
-    enis: Vec<NodeENI>,
-    states: Vec<DPDKNodeState>,
-    server_conflicts: Vec<ServerConflict>,
-    settings: Settings,
-    now: Timestamp,
+pub(super) struct World {
+    pub(super) configs: Vec<DPDKConfig>,
+    pub(super) nodes: Vec<ObjectMeta>,
+    pub(super) enis: Vec<NodeENI>,
+    pub(super) states: Vec<DPDKNodeState>,
+    pub(super) server_conflicts: Vec<ServerConflict>,
+    pub(super) settings: Settings,
+    pub(super) now: Timestamp,
 }
 
 impl World {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         World {
             now: t(100),
             ..Default::default()
         }
     }
 
-    fn plan(&self) -> ClusterPlan {
+    pub(super) fn plan(&self) -> ClusterPlan {
         let snap = Snapshot {
             configs: self.configs.iter().collect(),
             nodes: self.nodes.iter().collect(),
@@ -193,14 +213,14 @@ impl World {
         plan(&snap, &self.settings, self.now)
     }
 
-    fn apply(&mut self, plan: &ClusterPlan) {
+    pub(super) fn apply(&mut self, plan: &ClusterPlan) {
         for w in &plan.writes {
             self.write(w);
         }
     }
 
     /// Plans and applies until a pass plans nothing; returns every write made.
-    fn converge(&mut self) -> Vec<Write> {
+    pub(super) fn converge(&mut self) -> Vec<Write> {
         let mut all = Vec::new();
         for _ in 0..20 {
             let p = self.plan();
@@ -216,7 +236,7 @@ impl World {
         );
     }
 
-    fn write(&mut self, w: &Write) {
+    pub(super) fn write(&mut self, w: &Write) {
         match w {
             Write::AddFinalizer { config } => {
                 let c = self
@@ -263,6 +283,7 @@ impl World {
                 node,
                 spec,
                 teardown_since,
+                rollout,
             } => {
                 let idx = self
                     .states
@@ -283,9 +304,11 @@ impl World {
                     s.metadata.generation = Some(s.metadata.generation.unwrap_or(0) + 1);
                 }
                 s.metadata.labels = Some(labels(&[ssa::NODE_STATE_MANAGED_BY]));
-                s.metadata.annotations = teardown_since
-                    .as_ref()
-                    .map(|v| labels(&[(TEARDOWN_SINCE_ANNOTATION, v)]));
+                let mut ann = rollout.annotations();
+                if let Some(v) = teardown_since {
+                    ann.push((TEARDOWN_SINCE_ANNOTATION, v));
+                }
+                s.metadata.annotations = (!ann.is_empty()).then(|| labels(&ann));
                 set_owner(&mut s.metadata, CONTROLLER_MANAGER, json!({"f:spec": {}}));
             }
             Write::DeleteNodeState { node, .. } => self
@@ -388,19 +411,19 @@ impl World {
         }
     }
 
-    fn state(&self, node: &str) -> Option<&DPDKNodeState> {
+    pub(super) fn state(&self, node: &str) -> Option<&DPDKNodeState> {
         self.states
             .iter()
             .find(|s| s.metadata.name.as_deref() == Some(node))
     }
 
-    fn cfg(&self, name: &str) -> Option<&DPDKConfig> {
+    pub(super) fn cfg(&self, name: &str) -> Option<&DPDKConfig> {
         self.configs
             .iter()
             .find(|c| c.metadata.name.as_deref() == Some(name))
     }
 
-    fn eni(&self, name: &str) -> &NodeENI {
+    pub(super) fn eni(&self, name: &str) -> &NodeENI {
         self.enis
             .iter()
             .find(|e| e.metadata.name.as_deref() == Some(name))
@@ -408,12 +431,12 @@ impl World {
     }
 
     /// The node's `enabled` label.
-    fn node_label(&self, node: &str) -> Option<&str> {
+    pub(super) fn node_label(&self, node: &str) -> Option<&str> {
         self.label(node, NODE_ENABLED_LABEL)
     }
 
     /// The node agent: reports the spec as done (bound devices) at the current generation.
-    fn agent_reports(&mut self, node: &str) {
+    pub(super) fn agent_reports(&mut self, node: &str) {
         let s = self
             .states
             .iter_mut()
@@ -432,11 +455,12 @@ impl World {
                     ..Default::default()
                 })
                 .collect(),
+            device_plugin: Some(advertised(&s.spec)),
             ..Default::default()
         });
     }
 
-    fn node_mut(&mut self, node: &str) -> &mut ObjectMeta {
+    pub(super) fn node_mut(&mut self, node: &str) -> &mut ObjectMeta {
         self.nodes
             .iter_mut()
             .find(|n| n.name.as_deref() == Some(node))
@@ -444,7 +468,7 @@ impl World {
     }
 
     /// A label set by `manager` with server-side apply.
-    fn label_node(&mut self, node: &str, key: &str, value: &str, manager: &str) {
+    pub(super) fn label_node(&mut self, node: &str, key: &str, value: &str, manager: &str) {
         let n = self.node_mut(node);
         n.labels
             .get_or_insert_with(BTreeMap::new)
@@ -457,7 +481,7 @@ impl World {
         bump(n);
     }
 
-    fn label(&self, node: &str, key: &str) -> Option<&str> {
+    pub(super) fn label(&self, node: &str, key: &str) -> Option<&str> {
         self.nodes
             .iter()
             .find(|n| n.name.as_deref() == Some(node))
@@ -466,7 +490,7 @@ impl World {
             .map(String::as_str)
     }
 
-    fn delete_config(&mut self, name: &str) {
+    pub(super) fn delete_config(&mut self, name: &str) {
         let now = self.now;
         let c = self
             .configs
@@ -479,7 +503,7 @@ impl World {
 
 /// The seed guide's world: nodes labelled ng=multi-eni, a NodeENI at deviceIndex 2
 /// attached on each, and the seed's DPDKConfig (writeCombing: true).
-fn seed_world(nodes: usize) -> World {
+pub(super) fn seed_world(nodes: usize) -> World {
     let mut w = World::new();
     let mut e = eni("multi-eni-dpdk", &[("ng", "multi-eni")], 2, 1);
     for i in 0..nodes {
