@@ -42,6 +42,7 @@ mod claims;
 mod index;
 mod node_eni;
 mod node_state;
+mod outcome;
 mod status;
 mod teardown;
 #[cfg(test)]
@@ -57,6 +58,7 @@ use crate::api::{DPDKConfig, DPDKConfigStatus, DPDKNodeState, DPDKNodeStateSpec,
 use crate::ssa::{self, DpdkFields};
 
 pub use index::age_key;
+pub use outcome::{EniOutcome, Outcome, outcome};
 
 /// Annotation on a DPDKNodeState: when the controller last removed devices from its
 /// spec (RFC 3339). The no-agent teardown timeout counts from here.

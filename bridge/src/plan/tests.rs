@@ -164,14 +164,14 @@ pub(super) fn pass<'s, 'a>(snap: &'s Snapshot<'a>, settings: &'s Settings) -> Pa
 /// A tiny API server: applies the planner's writes the way SSA would, so tests can
 /// run pass after pass.
 #[derive(Default)]
-struct World {
-    configs: Vec<DPDKConfig>,
-    nodes: Vec<ObjectMeta>,
-    enis: Vec<NodeENI>,
-    states: Vec<DPDKNodeState>,
-    server_conflicts: Vec<ServerConflict>,
-    settings: Settings,
-    now: Timestamp,
+pub(super) struct World {
+    pub(super) configs: Vec<DPDKConfig>,
+    pub(super) nodes: Vec<ObjectMeta>,
+    pub(super) enis: Vec<NodeENI>,
+    pub(super) states: Vec<DPDKNodeState>,
+    pub(super) server_conflicts: Vec<ServerConflict>,
+    pub(super) settings: Settings,
+    pub(super) now: Timestamp,
 }
 
 impl World {
@@ -182,15 +182,18 @@ impl World {
         }
     }
 
-    fn plan(&self) -> ClusterPlan {
-        let snap = Snapshot {
+    pub(super) fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot {
             configs: self.configs.iter().collect(),
             nodes: self.nodes.iter().collect(),
             node_enis: self.enis.iter().collect(),
             node_states: self.states.iter().collect(),
             server_conflicts: self.server_conflicts.iter().collect(),
-        };
-        plan(&snap, &self.settings, self.now)
+        }
+    }
+
+    fn plan(&self) -> ClusterPlan {
+        plan(&self.snapshot(), &self.settings, self.now)
     }
 
     fn apply(&mut self, plan: &ClusterPlan) {
@@ -200,7 +203,7 @@ impl World {
     }
 
     /// Plans and applies until a pass plans nothing; returns every write made.
-    fn converge(&mut self) -> Vec<Write> {
+    pub(super) fn converge(&mut self) -> Vec<Write> {
         let mut all = Vec::new();
         for _ in 0..20 {
             let p = self.plan();
@@ -413,7 +416,7 @@ impl World {
     }
 
     /// The node agent: reports the spec as done (bound devices) at the current generation.
-    fn agent_reports(&mut self, node: &str) {
+    pub(super) fn agent_reports(&mut self, node: &str) {
         let s = self
             .states
             .iter_mut()
@@ -479,7 +482,7 @@ impl World {
 
 /// The seed guide's world: nodes labelled ng=multi-eni, a NodeENI at deviceIndex 2
 /// attached on each, and the seed's DPDKConfig (writeCombing: true).
-fn seed_world(nodes: usize) -> World {
+pub(super) fn seed_world(nodes: usize) -> World {
     let mut w = World::new();
     let mut e = eni("multi-eni-dpdk", &[("ng", "multi-eni")], 2, 1);
     for i in 0..nodes {
