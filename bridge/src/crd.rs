@@ -145,7 +145,14 @@ mod tests {
             .collect();
         assert_eq!(
             cols,
-            ["Ready", "ReadyNodes", "MatchedNodes", "Revision", "Age"]
+            [
+                "Ready",
+                "ReadyNodes",
+                "MatchedNodes",
+                "Up-To-Date",
+                "Revision",
+                "Age"
+            ]
         );
         let ns = DPDKNodeState::crd();
         assert_eq!(ns.spec.names.short_names, Some(vec!["dpdkns".to_string()]));

@@ -30,3 +30,11 @@ pub const CONFIG_FINALIZER: &str = "dpdk.aws.k8s/teardown";
 pub const ARGOCD_TRACKING_ANNOTATION: &str = "argocd.argoproj.io/tracking-id";
 pub const ARGOCD_INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
 pub const FLUX_KUSTOMIZE_NAME_LABEL: &str = "kustomize.toolkit.fluxcd.io/name";
+
+/// Rollout marks on a DPDKNodeState (docs/controller.md, Rollouts). When the controller
+/// wrote a spec change the node is still rolling out (RFC 3339); removed once it is updated.
+pub const ROLLOUT_UPDATING_SINCE_ANNOTATION: &str = "dpdk.aws.k8s/updating-since";
+/// `"true"` when that change counts against `maxUnavailable` (the node had devices).
+pub const ROLLOUT_COUNTED_ANNOTATION: &str = "dpdk.aws.k8s/rollout-counted";
+/// Since when the node has been ready with that change, while minReadySeconds runs.
+pub const ROLLOUT_READY_SINCE_ANNOTATION: &str = "dpdk.aws.k8s/ready-since";

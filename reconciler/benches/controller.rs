@@ -367,6 +367,7 @@ async fn bench(nodes: usize, per_node: usize, concurrency: usize) -> Result<(), 
             node_selector: BTreeMap::from([("bench/group".to_string(), "dpdk".to_string())]),
             driver_options: DriverOptions::default(),
             resource_mapping: mapping,
+            rollout: None,
         },
         status: None,
     };

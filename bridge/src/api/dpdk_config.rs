@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +37,12 @@ use serde::{Deserialize, Serialize};
         description = "Nodes that carry every label in spec.nodeSelector"
     ),
     printcolumn(
+        name = "Up-To-Date",
+        type_ = "string",
+        json_path = ".status.rollout.upToDate",
+        description = "Matched nodes the rollout of this generation has finished, of the matched nodes (updated/matched)"
+    ),
+    printcolumn(
         name = "Revision",
         type_ = "string",
         json_path = ".status.lastAppliedRevision",
@@ -64,6 +71,48 @@ pub struct DPDKConfigSpec {
     #[x_kube(merge_strategy = ListMerge::Map(vec!["deviceIndex".into()]))]
     #[schemars(extend("maxItems" = 32))]
     pub resource_mapping: Vec<ResourceMapping>,
+
+    /// How a change reaches the selected nodes: in waves of at most maxUnavailable nodes,
+    /// canaries first, halting on the first failure. Absent: the defaults of each field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSpec>,
+}
+
+/// The default `maxUnavailable`: a quarter of the rollout's nodes, rounded down, at least 1.
+pub const DEFAULT_MAX_UNAVAILABLE: &str = "25%";
+/// The default `progressDeadlineSeconds`.
+pub const DEFAULT_PROGRESS_DEADLINE_SECONDS: i32 = 600;
+
+/// Staged, health-gated rollout of a DPDKConfig change. Every field has a default, applied
+/// by the controller and never written into the object (docs/controller.md, Rollouts).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// How many nodes may be changing (or failed) at once: a count (>= 1) or a percentage
+    /// of the rollout's nodes, rounded down and at least 1 node. Default 25%.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("type(self) == int ? self >= 1 : self.matches('^(100|[1-9]?[0-9])%$')").message("maxUnavailable must be an integer >= 1 or a percentage from 0% to 100%, e.g. 25%"))]
+    pub max_unavailable: Option<IntOrString>,
+
+    /// Nodes that go first: every canary must have finished before any other node changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_selector: Option<LabelSelector>,
+
+    /// How long a node must report Succeeded with its devices advertised healthy before
+    /// it counts as updated. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub min_ready_seconds: Option<i32>,
+
+    /// How long a node may take, from its new spec to updated, before the rollout halts.
+    /// Default 600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub progress_deadline_seconds: Option<i32>,
+
+    /// No further node is changed while true; clearing it resumes the rollout.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 /// Kernel driver options.
@@ -215,6 +264,62 @@ pub struct DPDKConfigStatus {
     /// Conflicts found while planning; the other party's data is left untouched.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<ConfigConflict>,
+    /// The rollout of the current generation to the nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// Where the rollout of a DPDKConfig generation stands.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The metadata.generation this rollout rolls out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Progressing, Paused, Stalled or Complete.
+    pub phase: RolloutPhase,
+    /// Nodes that have the new spec and were ready for minReadySeconds.
+    #[serde(default)]
+    pub updated_nodes: i32,
+    /// Nodes with the new spec that are not ready yet.
+    #[serde(default)]
+    pub updating_nodes: i32,
+    /// Nodes waiting their turn.
+    #[serde(default)]
+    pub pending_nodes: i32,
+    /// Nodes that reported Failed or missed progressDeadlineSeconds; they halt the rollout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_nodes: Vec<String>,
+    /// `updated/matched` over the matched nodes, for the Up-To-Date printer column.
+    #[serde(default)]
+    pub up_to_date: String,
+}
+
+/// The phase of a rollout.
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum RolloutPhase {
+    /// Nodes are changing or waiting their turn.
+    #[default]
+    Progressing,
+    /// `spec.rollout.paused`: no further node is changed.
+    Paused,
+    /// A node failed or missed its deadline: no further node is changed.
+    Stalled,
+    /// Every node has the current generation.
+    Complete,
+}
+
+impl RolloutPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutPhase::Progressing => "Progressing",
+            RolloutPhase::Paused => "Paused",
+            RolloutPhase::Stalled => "Stalled",
+            RolloutPhase::Complete => "Complete",
+        }
+    }
 }
 
 /// A conflict the controller found and did not resolve by overwriting.

@@ -16,10 +16,13 @@
 //! 3. `node_state`: per matched node, the desired DPDKNodeState spec and the `enabled` label.
 //! 4. `teardown`: the controller's scope, the release of unclaimed NodeENIs, and the
 //!    teardown steps of nodes no live config selects.
-//! 5. `status`: per config, the finalizer, the status and its events.
+//! 5. `rollout`: per live config, which planned DPDKNodeState spec changes (and NodeENI
+//!    applies reaching their nodes) are written this pass, in waves of `maxUnavailable`,
+//!    canaries first, halting on a failure; the nodes' rollout marks; where it stands.
+//! 6. `status`: per config, the finalizer, the status (with `status.rollout`) and its events.
 //!
-//! Then the writes are put in stage order and the earliest teardown deadline becomes the
-//! requeue. A new phase is one more module of that shape, called from [`plan`] in its
+//! Then the writes are put in stage order and the earliest teardown, rollout deadline or
+//! minReadySeconds expiry becomes the requeue. A new phase is one more module of that shape, called from [`plan`] in its
 //! place, its writes and events joined to the others.
 //!
 //! Rules (docs/controller.md has the user-facing version):
@@ -43,6 +46,9 @@ mod index;
 mod node_eni;
 mod node_state;
 mod outcome;
+pub mod rollout;
+#[cfg(test)]
+mod rollout_tests;
 mod status;
 mod teardown;
 #[cfg(test)]
@@ -59,6 +65,7 @@ use crate::ssa::{self, DpdkFields};
 
 pub use index::age_key;
 pub use outcome::{EniOutcome, Outcome, outcome};
+pub use rollout::{ConfigRollout, RolloutMarks};
 
 /// Annotation on a DPDKNodeState: when the controller last removed devices from its
 /// spec (RFC 3339). The no-agent teardown timeout counts from here.
@@ -78,6 +85,12 @@ pub mod reason {
     pub const DEPRECATED_WRITE_COMBING: &str = "DeprecatedWriteCombing";
     /// Warning event: a node's teardown finished after the timeout, without an agent.
     pub const TEARDOWN_WITHOUT_AGENT: &str = "TeardownWithoutAgent";
+    /// Stalled reason and Warning event: a node failed or missed its deadline in a rollout.
+    pub const ROLLOUT_FAILED: &str = "RolloutFailed";
+    /// Reconciling reason: `spec.rollout.paused` with nodes left.
+    pub const ROLLOUT_PAUSED: &str = "RolloutPaused";
+    /// Reconciling reason: every node is ready but some are still in minReadySeconds.
+    pub const ROLLOUT_PROGRESSING: &str = "RolloutProgressing";
 }
 
 /// Knobs of the planner.
@@ -150,6 +163,8 @@ pub enum Write {
         node: String,
         spec: DPDKNodeStateSpec,
         teardown_since: Option<String>,
+        /// The rollout annotations (updating-since, rollout-counted, ready-since).
+        rollout: RolloutMarks,
     },
     /// SSA the `dpdk.aws.k8s/enabled=true` label.
     SetNodeLabel {
@@ -273,9 +288,12 @@ pub struct ClusterPlan {
     /// Writes in stage order.
     pub writes: Vec<Write>,
     pub events: Vec<PlannedEvent>,
-    /// Plan again after this long even without a change (teardown timeouts).
+    /// Plan again after this long even without a change (teardown timeouts, rollout
+    /// deadlines and minReadySeconds).
     pub requeue_after: Option<Duration>,
     pub stats: Stats,
+    /// Per live config, where its rollout stands and the waves still to come.
+    pub rollouts: Vec<ConfigRollout>,
 }
 
 /// What every phase of one pass reads: the indexed snapshot, the knobs and the clock.
@@ -297,6 +315,8 @@ pub fn plan(snap: &Snapshot<'_>, settings: &Settings, now: Timestamp) -> Cluster
     let node_enis = node_eni::node_enis(&input, &claims);
     let node_states = node_state::node_states(&input, &claims, &node_enis);
     let teardown = teardown::teardown(&input, &claims, &node_enis);
+    let spec_writes: Vec<&Write> = node_states.writes.iter().chain(&teardown.writes).collect();
+    let rollouts = rollout::rollouts(&input, &claims, &spec_writes);
     let statuses = status::statuses(
         &input,
         &status::Phases {
@@ -304,6 +324,7 @@ pub fn plan(snap: &Snapshot<'_>, settings: &Settings, now: Timestamp) -> Cluster
             node_enis: &node_enis,
             node_states: &node_states,
             teardown: &teardown,
+            rollouts: &rollouts,
         },
     );
     let stats = Stats {
@@ -314,20 +335,24 @@ pub fn plan(snap: &Snapshot<'_>, settings: &Settings, now: Timestamp) -> Cluster
         node_enis_releasing: teardown.node_enis_releasing,
         ..statuses.stats
     };
-    let mut writes = [
-        node_enis.writes,
-        node_states.writes,
-        teardown.writes,
-        statuses.writes,
-    ]
-    .concat();
+    let gated = rollout::gate(
+        &input.index,
+        &rollouts,
+        [node_enis.writes, node_states.writes, teardown.writes].concat(),
+    );
+    let mut writes = [gated, rollouts.writes, statuses.writes].concat();
     // Stable: within a stage, writes stay in phase order.
     writes.sort_by_key(Write::stage);
+    let wake_at = [teardown.wake_at, rollouts.wake_at]
+        .into_iter()
+        .flatten()
+        .min();
     ClusterPlan {
         writes,
         events: [teardown.events, statuses.events].concat(),
-        requeue_after: teardown.wake_at.map(|at| requeue_after(at, now)),
+        requeue_after: wake_at.map(|at| requeue_after(at, now)),
         stats,
+        rollouts: rollouts.per_config.into_iter().flatten().collect(),
     }
 }
 

@@ -153,6 +153,7 @@ fn apply_state_if_needed(
         node: node_name.to_string(),
         spec: spec.clone(),
         teardown_since,
+        rollout: Default::default(),
     })
 }
 
@@ -291,6 +292,7 @@ mod tests {
                     node: "n1".into(),
                     spec,
                     teardown_since: None,
+                    rollout: Default::default(),
                 },
                 Write::SetNodeLabel {
                     node: "n1".into(),

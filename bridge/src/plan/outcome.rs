@@ -4,7 +4,8 @@
 //! compares two of them (the live configs, and the live configs with a checkout's).
 //!
 //! It is what the writes of every pass add up to, not one pass's writes: those come in
-//! steps (enableDPDK after the agents bound, teardown in order). It never writes.
+//! steps (enableDPDK after the agents bound, teardown in order, rollout waves). It never
+//! writes.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::claims::{self, Claims};
 use super::node_eni::{self, NodeEnis};
-use super::{PassInput, Settings, Snapshot, index, node_state, status, teardown};
+use super::{PassInput, Settings, Snapshot, index, node_state, rollout, status, teardown};
 use crate::api::{ConfigConflict, DPDKNodeStateSpec, DpdkDriver};
 
 /// The values a NodeENI the planner drives ends with (`enableDPDK: true` with them).
@@ -48,11 +49,15 @@ pub fn outcome(snap: &Snapshot<'_>, settings: &Settings, now: Timestamp) -> Outc
     let node_enis = node_eni::node_enis(&input, &claims);
     let node_states = node_state::node_states(&input, &claims, &node_enis);
     let teardown = teardown::teardown(&input, &claims, &node_enis);
+    let spec_writes: Vec<&super::Write> =
+        node_states.writes.iter().chain(&teardown.writes).collect();
+    let rollouts = rollout::rollouts(&input, &claims, &spec_writes);
     let phases = status::Phases {
         claims: &claims,
         node_enis: &node_enis,
         node_states: &node_states,
         teardown: &teardown,
+        rollouts: &rollouts,
     };
     let ix = &input.index;
     Outcome {

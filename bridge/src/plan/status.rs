@@ -11,11 +11,14 @@ use super::claims::{ClaimRef, Claims, NodeClaims};
 use super::index::{ConfigIx, NodeIx};
 use super::node_eni::NodeEnis;
 use super::node_state::NodeStates;
+use super::rollout::{ConfigRollout, NodeRollout, Rollouts};
 use super::teardown::Teardown;
 use super::{
     Kind, MAX_STATUS_CONFLICTS, PassInput, PlannedEvent, Stats, Write, list_names, reason,
 };
-use crate::api::{ConfigConflict, DPDKConfigStatus, DPDKNodeStateSpec, SyncStatus};
+use crate::api::{
+    ConfigConflict, DPDKConfigStatus, DPDKNodeStateSpec, RolloutPhase, RolloutStatus, SyncStatus,
+};
 use crate::conditions::{self, Health};
 use crate::labels::{CONFIG_FINALIZER, CONTROLLER_MANAGER, REVISION_ANNOTATION};
 use crate::ssa;
@@ -26,6 +29,7 @@ pub(crate) struct Phases<'p> {
     pub(crate) node_enis: &'p NodeEnis,
     pub(crate) node_states: &'p NodeStates,
     pub(crate) teardown: &'p Teardown,
+    pub(crate) rollouts: &'p Rollouts,
 }
 
 /// The output of the status phase.
@@ -46,6 +50,7 @@ struct Figures {
     ready: Vec<String>,
     node_enis: Vec<String>,
     conflicts: Vec<ConfigConflict>,
+    rollout: Option<RolloutStatus>,
 }
 
 impl Figures {
@@ -56,7 +61,22 @@ impl Figures {
             ready: Vec::new(),
             node_enis: Vec::new(),
             conflicts: Vec::new(),
+            rollout: None,
         }
+    }
+}
+
+/// `status.rollout` of a config's rollout.
+fn rollout_status(r: &ConfigRollout) -> RolloutStatus {
+    let count = |f: fn(&NodeRollout) -> bool| r.in_state(f).len() as i32;
+    RolloutStatus {
+        observed_generation: r.generation,
+        phase: r.phase,
+        updated_nodes: count(|s| *s == NodeRollout::Updated),
+        updating_nodes: count(|s| *s == NodeRollout::Updating),
+        pending_nodes: count(|s| *s == NodeRollout::Pending),
+        failed_nodes: r.failed().iter().map(|(n, _)| n.to_string()).collect(),
+        up_to_date: format!("{}/{}", r.updated_matched, r.matched),
     }
 }
 
@@ -190,7 +210,12 @@ fn live_figures(
     }
     let (matched_n, ready_n) = (matched.len(), ready.len());
     out.stats.nodes_ready += ready_n;
+    let rollout = phases.rollouts.of(c);
     let health = health(&conflicts, total_conflicts, &waiting, (ready_n, matched_n));
+    let health = match rollout {
+        Some(r) => rollout_health(health, r),
+        None => health,
+    };
     match &health {
         Health::Ready { .. } => out.stats.configs_ready += 1,
         Health::Progressing { .. } => out.stats.configs_reconciling += 1,
@@ -202,6 +227,50 @@ fn live_figures(
         ready,
         node_enis,
         conflicts,
+        rollout: rollout.map(rollout_status),
+    }
+}
+
+/// The rollout's say in a config's health: a halted rollout stalls it (unless conflicts
+/// already do), a paused one with nodes left and one still in minReadySeconds keep it
+/// Reconciling.
+fn rollout_health(health: Health, r: &ConfigRollout) -> Health {
+    if matches!(health, Health::Stalled { .. }) {
+        return health;
+    }
+    let left = r.nodes.len() - r.in_state(|s| *s == NodeRollout::Updated).len();
+    let done = format!("{}/{} nodes up to date", r.updated_matched, r.matched);
+    match r.phase {
+        RolloutPhase::Stalled => {
+            let failed: Vec<String> = r
+                .failed()
+                .iter()
+                .map(|(n, why)| format!("{n} ({why})"))
+                .collect();
+            Health::Stalled {
+                reason: reason::ROLLOUT_FAILED.into(),
+                message: format!(
+                    "rollout halted, no further node is changed: {} failed; {done}. Push a fix (a new generation) or pause and resume the rollout",
+                    list_names(&failed.iter().map(String::as_str).collect::<Vec<_>>(), 5)
+                ),
+            }
+        }
+        RolloutPhase::Paused if left > 0 => Health::Progressing {
+            reason: reason::ROLLOUT_PAUSED.into(),
+            message: format!("rollout paused with {left} node(s) left; {done}"),
+        },
+        RolloutPhase::Progressing
+            if matches!(health, Health::Ready { .. })
+                && r.nodes
+                    .iter()
+                    .any(|n| n.counted && n.state != NodeRollout::Updated) =>
+        {
+            Health::Progressing {
+                reason: reason::ROLLOUT_PROGRESSING.into(),
+                message: format!("rollout in progress; {done}"),
+            }
+        }
+        _ => health,
     }
 }
 
@@ -350,6 +419,7 @@ fn write_status(input: &PassInput<'_, '_>, c: ConfigIx, figures: Figures, out: &
             .as_ref()
             .and_then(|a| a.get(REVISION_ANNOTATION).cloned()),
         conflicts: figures.conflicts,
+        rollout: figures.rollout,
     };
     if status == live_status {
         return;
@@ -398,6 +468,18 @@ fn status_events(
             note.push_str(&format!("; and {} more", ks.len() - 3));
         }
         events.push(event(r, truncate(note, 1000)));
+    }
+    if let Some(r) = &status.rollout
+        && !r.failed_nodes.is_empty()
+        && live_status.rollout.as_ref().map(|l| &l.failed_nodes) != Some(&r.failed_nodes)
+    {
+        let msg = status
+            .conditions
+            .iter()
+            .find(|k| k.type_ == "Stalled" && k.reason == reason::ROLLOUT_FAILED)
+            .map(|k| k.message.clone())
+            .unwrap_or_else(|| format!("rollout halted: {} failed", r.failed_nodes.join(", ")));
+        events.push(event(reason::ROLLOUT_FAILED, truncate(msg, 1000)));
     }
     if input.index.is_live(c)
         && cfg.spec.driver_options.uses_misspelt_write_combing()
@@ -503,6 +585,7 @@ mod tests {
             node_enis: &node_enis,
             node_states: &node_states,
             teardown: &Teardown::default(),
+            rollouts: &Rollouts::default(),
         };
         let mut want = vec![a, b];
         want.sort();
@@ -539,6 +622,7 @@ mod tests {
                 node_enis: &node_enis,
                 node_states: &node_states,
                 teardown: &Teardown::default(),
+                rollouts: &Rollouts::default(),
             },
         );
         assert_eq!(

@@ -324,6 +324,7 @@ fn tear_down_node(
             node: name.to_string(),
             spec,
             teardown_since: Some(rfc3339(input.now)),
+            rollout: Default::default(),
         });
         return;
     }
@@ -511,6 +512,7 @@ mod tests {
                 node: "n1".into(),
                 spec,
                 teardown_since: Some(rfc3339(t(100))),
+                rollout: Default::default(),
             }]
         );
         assert_eq!(out.nodes_tearing_down, 1);

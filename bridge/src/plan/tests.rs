@@ -45,6 +45,7 @@ pub(super) fn config(
                     driver: DpdkDriver::VfioPci,
                 })
                 .collect(),
+            rollout: None,
         },
     );
     c.metadata.uid = Some(format!("uid-{name}"));
@@ -161,6 +162,25 @@ pub(super) fn pass<'s, 'a>(snap: &'s Snapshot<'a>, settings: &'s Settings) -> Pa
     }
 }
 
+/// What the device plugin advertises for a spec: every device healthy.
+pub(super) fn advertised(spec: &DPDKNodeStateSpec) -> crate::api::DevicePluginStatus {
+    let mut by_name: BTreeMap<&str, i32> = BTreeMap::new();
+    for d in &spec.devices {
+        *by_name.entry(d.resource_name.as_str()).or_default() += 1;
+    }
+    crate::api::DevicePluginStatus {
+        resources: by_name
+            .into_iter()
+            .map(|(name, n)| crate::api::AdvertisedResource {
+                resource_name: name.into(),
+                advertised: n,
+                healthy: n,
+            })
+            .collect(),
+        last_registration_time: None,
+    }
+}
+
 /// A tiny API server: applies the planner's writes the way SSA would, so tests can
 /// run pass after pass.
 #[derive(Default)]
@@ -175,7 +195,7 @@ pub(super) struct World {
 }
 
 impl World {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         World {
             now: t(100),
             ..Default::default()
@@ -192,11 +212,11 @@ impl World {
         }
     }
 
-    fn plan(&self) -> ClusterPlan {
+    pub(super) fn plan(&self) -> ClusterPlan {
         plan(&self.snapshot(), &self.settings, self.now)
     }
 
-    fn apply(&mut self, plan: &ClusterPlan) {
+    pub(super) fn apply(&mut self, plan: &ClusterPlan) {
         for w in &plan.writes {
             self.write(w);
         }
@@ -219,7 +239,7 @@ impl World {
         );
     }
 
-    fn write(&mut self, w: &Write) {
+    pub(super) fn write(&mut self, w: &Write) {
         match w {
             Write::AddFinalizer { config } => {
                 let c = self
@@ -266,6 +286,7 @@ impl World {
                 node,
                 spec,
                 teardown_since,
+                rollout,
             } => {
                 let idx = self
                     .states
@@ -286,9 +307,11 @@ impl World {
                     s.metadata.generation = Some(s.metadata.generation.unwrap_or(0) + 1);
                 }
                 s.metadata.labels = Some(labels(&[ssa::NODE_STATE_MANAGED_BY]));
-                s.metadata.annotations = teardown_since
-                    .as_ref()
-                    .map(|v| labels(&[(TEARDOWN_SINCE_ANNOTATION, v)]));
+                let mut ann = rollout.annotations();
+                if let Some(v) = teardown_since {
+                    ann.push((TEARDOWN_SINCE_ANNOTATION, v));
+                }
+                s.metadata.annotations = (!ann.is_empty()).then(|| labels(&ann));
                 set_owner(&mut s.metadata, CONTROLLER_MANAGER, json!({"f:spec": {}}));
             }
             Write::DeleteNodeState { node, .. } => self
@@ -391,19 +414,19 @@ impl World {
         }
     }
 
-    fn state(&self, node: &str) -> Option<&DPDKNodeState> {
+    pub(super) fn state(&self, node: &str) -> Option<&DPDKNodeState> {
         self.states
             .iter()
             .find(|s| s.metadata.name.as_deref() == Some(node))
     }
 
-    fn cfg(&self, name: &str) -> Option<&DPDKConfig> {
+    pub(super) fn cfg(&self, name: &str) -> Option<&DPDKConfig> {
         self.configs
             .iter()
             .find(|c| c.metadata.name.as_deref() == Some(name))
     }
 
-    fn eni(&self, name: &str) -> &NodeENI {
+    pub(super) fn eni(&self, name: &str) -> &NodeENI {
         self.enis
             .iter()
             .find(|e| e.metadata.name.as_deref() == Some(name))
@@ -411,7 +434,7 @@ impl World {
     }
 
     /// The node's `enabled` label.
-    fn node_label(&self, node: &str) -> Option<&str> {
+    pub(super) fn node_label(&self, node: &str) -> Option<&str> {
         self.label(node, NODE_ENABLED_LABEL)
     }
 
@@ -435,11 +458,12 @@ impl World {
                     ..Default::default()
                 })
                 .collect(),
+            device_plugin: Some(advertised(&s.spec)),
             ..Default::default()
         });
     }
 
-    fn node_mut(&mut self, node: &str) -> &mut ObjectMeta {
+    pub(super) fn node_mut(&mut self, node: &str) -> &mut ObjectMeta {
         self.nodes
             .iter_mut()
             .find(|n| n.name.as_deref() == Some(node))
@@ -447,7 +471,7 @@ impl World {
     }
 
     /// A label set by `manager` with server-side apply.
-    fn label_node(&mut self, node: &str, key: &str, value: &str, manager: &str) {
+    pub(super) fn label_node(&mut self, node: &str, key: &str, value: &str, manager: &str) {
         let n = self.node_mut(node);
         n.labels
             .get_or_insert_with(BTreeMap::new)
@@ -460,7 +484,7 @@ impl World {
         bump(n);
     }
 
-    fn label(&self, node: &str, key: &str) -> Option<&str> {
+    pub(super) fn label(&self, node: &str, key: &str) -> Option<&str> {
         self.nodes
             .iter()
             .find(|n| n.name.as_deref() == Some(node))
@@ -469,7 +493,7 @@ impl World {
             .map(String::as_str)
     }
 
-    fn delete_config(&mut self, name: &str) {
+    pub(super) fn delete_config(&mut self, name: &str) {
         let now = self.now;
         let c = self
             .configs

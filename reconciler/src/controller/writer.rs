@@ -148,11 +148,12 @@ impl Writer {
                 node,
                 spec,
                 teardown_since,
+                rollout,
             } => {
-                let ann: Vec<(&str, &str)> = teardown_since
-                    .as_deref()
-                    .map(|t| vec![(TEARDOWN_SINCE_ANNOTATION, t)])
-                    .unwrap_or_default();
+                let mut ann: Vec<(&str, &str)> = rollout.annotations();
+                if let Some(t) = teardown_since.as_deref() {
+                    ann.push((TEARDOWN_SINCE_ANNOTATION, t));
+                }
                 let body = ssa::node_state_apply(node, spec, &ann);
                 // The spec of a DPDKNodeState is the controller's by contract.
                 let o = patch_returning_meta(

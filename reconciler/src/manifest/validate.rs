@@ -726,6 +726,19 @@ impl DocumentDiagnostics<'_> {
             );
             return None;
         }
+        let int_or_string = schema
+            .get("x-kubernetes-int-or-string")
+            .and_then(Value::as_bool)
+            == Some(true);
+        if int_or_string && !(v.is_string() || v.is_i64() || v.is_u64()) {
+            self.push(
+                Code::SchemaViolation,
+                path,
+                At::Value,
+                format!("must be an integer or a string, found {}", type_name(&v)),
+            );
+            return Some(v);
+        }
         let ty = schema.get("type").and_then(Value::as_str).unwrap_or("");
         if !type_matches(ty, &v) {
             self.push(
@@ -1047,6 +1060,8 @@ fn type_matches(ty: &str, v: &Value) -> bool {
 /// The CEL rules of the DPDKConfig CRD, in Rust. `None` for a rule without a twin.
 pub fn cel_rule(rule: &str, v: &Value) -> Option<bool> {
     const WRITE_COMBING: &str = "!has(self.writeCombining) || !has(self.writeCombing) || self.writeCombining == self.writeCombing";
+    const INT_OR_PERCENT: &str =
+        "type(self) == int ? self >= 1 : self.matches('^(100|[1-9]?[0-9])%$')";
     const RESOURCE_NAME: &str = r"self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$')";
     Some(match rule {
         "size(self) > 0" => match v {
@@ -1065,6 +1080,16 @@ pub fn cel_rule(rule: &str, v: &Value) -> Option<bool> {
             }
         }
         RESOURCE_NAME => v.as_str().is_none_or(is_extended_resource_name),
+        INT_OR_PERCENT => match v {
+            Value::String(s) => s
+                .strip_suffix('%')
+                .filter(|p| {
+                    p == &"100"
+                        || (p.len() <= 2 && !p.is_empty() && !(p.len() == 2 && p.starts_with('0')))
+                })
+                .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())),
+            v => v.as_f64().is_none_or(|n| n >= 1.0),
+        },
         _ => return None,
     })
 }
@@ -1234,6 +1259,7 @@ pub(crate) fn check_duplicate_names(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn rules_in(schema: &Value, out: &mut Vec<String>) {
         match schema {
@@ -1289,6 +1315,7 @@ mod tests {
             "x-kubernetes-list-type",
             "x-kubernetes-list-map-keys",
             "x-kubernetes-validations",
+            "x-kubernetes-int-or-string",
             "default",
             "description",
             "title",
@@ -1312,6 +1339,30 @@ mod tests {
             }
         }
         walk(dpdkconfig_schema(), "");
+    }
+
+    #[test]
+    fn max_unavailable_is_a_count_or_a_percentage() {
+        let rule = "type(self) == int ? self >= 1 : self.matches('^(100|[1-9]?[0-9])%$')";
+        for ok in [
+            json!("25%"),
+            json!("0%"),
+            json!("100%"),
+            json!("9%"),
+            json!(3),
+        ] {
+            assert_eq!(cel_rule(rule, &ok), Some(true), "{ok}");
+        }
+        for bad in [
+            json!("101%"),
+            json!("25"),
+            json!("05%"),
+            json!("%"),
+            json!("x%"),
+            json!(0),
+        ] {
+            assert_eq!(cel_rule(rule, &bad), Some(false), "{bad}");
+        }
     }
 
     #[test]

@@ -150,6 +150,7 @@ pub fn config(
                     driver: DpdkDriver::VfioPci,
                 })
                 .collect(),
+            rollout: None,
         },
     );
     c.metadata.labels = Some([(SHARD_LABEL.to_string(), shard.to_string())].into());
@@ -259,6 +260,36 @@ pub async fn agent_reports(client: &Client, node: &str) {
     api.patch_status(node, &pp, &Patch::Merge(&status))
         .await
         .expect("agent status");
+    plugin_reports(client, &s).await;
+}
+
+/// The device plugin, simulated as node-agent/src/device_plugin/report.rs writes it: SSA
+/// of `status.devicePlugin` alone, under its own field manager, one resource per
+/// resourceName in the spec with every device healthy.
+pub async fn plugin_reports(client: &Client, s: &DPDKNodeState) {
+    let api: Api<DPDKNodeState> = Api::all(client.clone());
+    let node = s.metadata.name.as_deref().expect("name");
+    let mut by_name: std::collections::BTreeMap<&str, i32> = Default::default();
+    for d in &s.spec.devices {
+        *by_name.entry(d.resource_name.as_str()).or_default() += 1;
+    }
+    let resources: Vec<Value> = by_name
+        .iter()
+        .map(|(name, n)| json!({"resourceName": name, "advertised": n, "healthy": n}))
+        .collect();
+    let patch = json!({
+        "apiVersion": "networking.k8s.aws/v1alpha1",
+        "kind": "DPDKNodeState",
+        "metadata": {"name": node},
+        "status": {"devicePlugin": {"resources": resources}},
+    });
+    api.patch_status(
+        node,
+        &PatchParams::apply("dpdk-device-plugin").force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .expect("device plugin status");
 }
 
 /// Warning events about a DPDKConfig (cluster-scoped objects' events live in `default`).
