@@ -547,3 +547,109 @@ async fn with_a_source_its_path_and_inventory_decide_and_a_pruned_config_tears_d
     assert_eq!(kept_impact["nodes"][0]["node"], kept_nodes[0].as_str());
     assert!(!out.contains(&outside), "outside spec.path: {out}");
 }
+
+/// The nodes whose DPDKNodeState asks for `driver`.
+async fn nodes_with_driver(admin: &Client, nodes: &[String], driver: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for n in nodes {
+        if get_state(admin, n)
+            .await
+            .is_some_and(|s| s.spec.devices.iter().any(|d| d.driver.as_str() == driver))
+        {
+            out.insert(n.clone());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_planned_waves_are_the_order_the_controller_then_takes() {
+    let cp = audited();
+    let admin = cp.client().await.expect("client");
+    let (shard, group, eni) = (unique_name("shard"), unique_name("g"), unique_name("eni"));
+    let nodes = group_of_nodes(&admin, &group, &eni, 3).await;
+    // The last node by name is the canary: it goes first, alone.
+    let canary = unique_name("canary");
+    set_node_labels(&admin, &nodes[2], json!({ "dpdk-test/canary": canary })).await;
+    let name = unique_name("rolled");
+    let rollout = format!(
+        "  rollout:\n    maxUnavailable: 1\n    canarySelector:\n      matchLabels:\n        dpdk-test/canary: {canary}\n"
+    );
+    let yaml = |driver: &str| format!("{}{rollout}", config_yaml(&name, &group, driver));
+    let checkout = tempfile::tempdir().expect("tempdir");
+    create_from_yaml(&admin, &yaml("vfio-pci"), &shard).await;
+    let ctrl = start(
+        client_as(cp, &unique_name("ctrl")).await,
+        test_options(&shard),
+    );
+    converge(&admin, &name, &nodes, "vfio-pci").await;
+
+    write(checkout.path(), "c.yaml", &yaml("igb_uio"));
+    let (code, v) = plan_json(cp, checkout.path());
+    assert_eq!(code, 1, "{v:#}");
+    let planned: Vec<BTreeSet<String>> = v["configs"][0]["waves"]
+        .as_array()
+        .expect("waves")
+        .iter()
+        .map(|w| {
+            w["nodes"]
+                .as_array()
+                .expect("nodes")
+                .iter()
+                .map(|n| n.as_str().expect("name").to_string())
+                .collect()
+        })
+        .collect();
+    let one = |i: usize| BTreeSet::from([nodes[i].clone()]);
+    assert_eq!(planned, vec![one(2), one(0), one(1)], "{v:#}");
+    assert_eq!(v["configs"][0]["waves"][0]["canary"], true);
+    let dir = checkout.path().to_str().expect("utf-8");
+    let (_, text, _) = plan(cp, &["--checkout", dir]);
+    assert!(
+        text.contains(&format!(
+            "  wave 1 (canary): {}\n  wave 2: {}\n  wave 3: {}\n",
+            nodes[2], nodes[0], nodes[1]
+        )),
+        "{text}"
+    );
+
+    // Merge it, and watch which nodes the controller moves, wave by wave: the agents
+    // report success only for what they saw, so the next wave waits for them.
+    Api::<dpdk_bridge::api::DPDKConfig>::all(admin.clone())
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"resourceMapping": [
+                {"deviceIndex": 2, "resourceName": RES, "driver": "igb_uio"}
+            ]}})),
+        )
+        .await
+        .expect("merge the change");
+    let mut taken: Vec<BTreeSet<String>> = Vec::new();
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    while done.len() < nodes.len() {
+        let wave = eventually("the next wave", Duration::from_secs(60), || async {
+            let now = nodes_with_driver(&admin, &nodes, "igb_uio").await;
+            let new: BTreeSet<String> = now.difference(&done).cloned().collect();
+            (!new.is_empty()).then_some(new)
+        })
+        .await;
+        // Give a wave that is written in several requests time to land whole.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = nodes_with_driver(&admin, &nodes, "igb_uio").await;
+        let wave: BTreeSet<String> = wave
+            .union(&now.difference(&done).cloned().collect())
+            .cloned()
+            .collect();
+        for n in &wave {
+            agent_reports(&admin, n).await;
+        }
+        done.extend(wave.iter().cloned());
+        taken.push(wave);
+    }
+    assert_eq!(
+        taken, planned,
+        "the controller took the planned waves, in order"
+    );
+    ctrl.stop().await;
+}

@@ -115,9 +115,13 @@ pub fn preview(
         configs: desired.configs,
         ..live.clone()
     };
+    let snapshot = with_checkout.snapshot(&[]);
     let before = plan::outcome(&live.snapshot(&[]), settings, now);
-    let after = plan::outcome(&with_checkout.snapshot(&[]), settings, now);
-    impact::impact(&before, &after, &desired.changes)
+    let after = plan::outcome(&snapshot, settings, now);
+    let mut impact = impact::impact(&before, &after, &desired.changes);
+    // The first pass with the checkout: its rollouts predict the waves.
+    impact::add_waves(&mut impact, &plan::plan(&snapshot, settings, now).rollouts);
+    impact
 }
 
 async fn read_source(client: &Client, key: &SourceKey) -> Result<DPDKConfigSource, Error> {

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use dpdk_bridge::api::{ConfigConflict, DPDKNodeStateSpec, DesiredDevice};
-use dpdk_bridge::plan::{EniOutcome, Outcome};
+use dpdk_bridge::plan::{ConfigRollout, EniOutcome, Outcome};
 use serde::Serialize;
 
 use super::desired::{ChangeKind, ConfigChange};
@@ -62,9 +62,18 @@ pub struct ConfigImpact {
     pub new_conflicts: Vec<ConfigConflict>,
     /// Conflicts it has without the checkout and not with it.
     pub resolved_conflicts: Vec<ConfigConflict>,
-    /// The rollout's waves over its changed nodes, in order.
+    /// The rollout's waves over its changed nodes, in order (the planner's prediction:
+    /// each wave starts once the one before succeeded).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub waves: Vec<Vec<String>>,
+    pub waves: Vec<PlannedWave>,
+}
+
+/// One rollout wave: nodes whose DPDKNodeState specs are written together.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlannedWave {
+    pub nodes: Vec<String>,
+    /// Nodes matched by `spec.rollout.canarySelector`.
+    pub canary: bool,
 }
 
 impl ConfigImpact {
@@ -129,6 +138,23 @@ pub fn impact(before: &Outcome, after: &Outcome, changes: &[ConfigChange]) -> Im
     let mut configs: Vec<ConfigImpact> = by_config.into_values().collect();
     configs.sort_by_key(|c| (c.change.is_none(), c.name.clone()));
     Impact { configs }
+}
+
+/// Sets each changed config's waves from the planner's rollouts over the snapshot with
+/// the checkout in place (`ClusterPlan::rollouts`): the waves the controller then takes.
+pub fn add_waves(impact: &mut Impact, rollouts: &[ConfigRollout]) {
+    for c in impact.configs.iter_mut().filter(|c| c.change.is_some()) {
+        if let Some(r) = rollouts.iter().find(|r| r.config == c.name) {
+            c.waves = r
+                .waves
+                .iter()
+                .map(|w| PlannedWave {
+                    nodes: w.nodes.clone(),
+                    canary: w.canary,
+                })
+                .collect();
+        }
+    }
 }
 
 fn empty(name: &str, change: Option<&ConfigChange>) -> ConfigImpact {
@@ -475,6 +501,45 @@ mod tests {
         assert_eq!(got.configs[0].change, None);
         assert_eq!(got.configs[0].new_conflicts, vec![conflict]);
         assert!(got.changed());
+    }
+
+    #[test]
+    fn waves_come_from_the_rollout_of_each_changed_config() {
+        use dpdk_bridge::api::RolloutPhase;
+        use dpdk_bridge::plan::rollout::{NodeRollout, RolloutNode, waves};
+        let nodes: Vec<RolloutNode> = ["n3", "n1", "n2"]
+            .iter()
+            .map(|n| RolloutNode {
+                name: n.to_string(),
+                canary: *n == "n3",
+                counted: true,
+                state: NodeRollout::Pending,
+            })
+            .collect();
+        let rollout = |config: &str| ConfigRollout {
+            config: config.into(),
+            generation: Some(2),
+            phase: RolloutPhase::Progressing,
+            budget: 2,
+            nodes: nodes.clone(),
+            matched: 3,
+            updated_matched: 0,
+            waves: waves(&nodes, 2),
+        };
+        let mut got = Impact {
+            configs: vec![empty("a", Some(&modified("a"))), empty("b", None)],
+        };
+        add_waves(&mut got, &[rollout("a"), rollout("b")]);
+        let planned = |w: &[&str], canary| PlannedWave {
+            nodes: w.iter().map(|n| n.to_string()).collect(),
+            canary,
+        };
+        assert_eq!(
+            got.configs[0].waves,
+            vec![planned(&["n3"], true), planned(&["n1", "n2"], false)],
+            "canaries alone first, then by name in batches of the budget"
+        );
+        assert!(got.configs[1].waves.is_empty(), "only changed configs");
     }
 
     #[test]

@@ -132,7 +132,8 @@ fn config_text(s: &mut String, c: &ConfigImpact) {
         let _ = writeln!(s, "  ✓ resolved conflict {}: {}", k.reason, k.message);
     }
     for (i, wave) in c.waves.iter().enumerate() {
-        let _ = writeln!(s, "  wave {}: {}", i + 1, wave.join(", "));
+        let canary = if wave.canary { " (canary)" } else { "" };
+        let _ = writeln!(s, "  wave {}{canary}: {}", i + 1, wave.nodes.join(", "));
     }
 }
 
@@ -147,7 +148,7 @@ fn fields_text(s: &mut String, fields: &[FieldChange]) {
 mod tests {
     use super::*;
     use crate::preview::desired::ChangeKind;
-    use crate::preview::impact::{EniChange, NodeChange};
+    use crate::preview::impact::{EniChange, NodeChange, PlannedWave};
 
     fn field(f: &str, old: Option<&str>, new: Option<&str>) -> FieldChange {
         FieldChange {
@@ -185,7 +186,16 @@ mod tests {
                 }],
                 new_conflicts: Vec::new(),
                 resolved_conflicts: Vec::new(),
-                waves: vec![vec!["n1".into()], vec!["n2".into()]],
+                waves: vec![
+                    PlannedWave {
+                        nodes: vec!["n1".into()],
+                        canary: true,
+                    },
+                    PlannedWave {
+                        nodes: vec!["n2".into()],
+                        canary: false,
+                    },
+                ],
             }],
         }
     }
@@ -198,7 +208,7 @@ mod tests {
             "  ~ node n1 (reconfigure)\n      devices[deviceIndex=2].driver: vfio-pci → igb_uio\n",
             "  - node n2 (tear down)\n",
             "  ~ NodeENI eni-a (update)\n      dpdkDriver: (unset) → igb_uio\n",
-            "  wave 1: n1\n  wave 2: n2\n",
+            "  wave 1 (canary): n1\n  wave 2: n2\n",
             "Plan: 1 DPDKConfig(s) changed; nodes: 0 to enable, 1 to reconfigure, 1 to tear down; 1 NodeENI(s) to change; 0 new conflict(s).\n",
         ] {
             assert!(t.contains(want), "missing {want:?} in:\n{t}");
@@ -217,6 +227,7 @@ mod tests {
             v["configs"][0]["nodeEnis"][0]["fields"][0]["new"],
             "igb_uio"
         );
-        assert_eq!(v["configs"][0]["waves"][1][0], "n2");
+        assert_eq!(v["configs"][0]["waves"][1]["nodes"][0], "n2");
+        assert_eq!(v["configs"][0]["waves"][0]["canary"], true);
     }
 }
