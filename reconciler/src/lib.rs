@@ -5,6 +5,7 @@
 //! - [`drift`]: the Git ↔ cluster ↔ node report, its HTTP routes and the `diff` CLI.
 //! - [`manifest`]: loading a config repository's YAML, positions, offline validation.
 //! - [`metrics`]: the process's Prometheus registry and the controller's metrics.
+//! - [`preview`]: `dpdk-reconciler plan`, a checkout's impact on the cluster before merging.
 //! - [`server`]: the HTTP server (`/metrics`, `/healthz`, `/readyz`) and its probes.
 //! - [`source`]: the Git source, the DPDKConfigSource controller (fetch, apply, prune).
 
@@ -13,6 +14,7 @@ pub mod crdgen;
 pub mod drift;
 pub mod manifest;
 pub mod metrics;
+pub mod preview;
 pub mod server;
 pub mod source;
 
@@ -85,6 +87,13 @@ pub enum Error {
     /// `dpdk-reconciler diff` could not use a source (no revision yet, a failed fetch).
     #[error("DPDKConfigSource {key}: {message}")]
     Source { key: String, message: String },
+    /// `dpdk-reconciler plan`: the checkout does not validate (`errors`: `file:line:col:
+    /// message`, as `validate` prints them).
+    #[error("checkout {checkout} does not validate ({} error(s)); nothing was planned:\n{}", errors.len(), errors.join("\n"))]
+    InvalidCheckout {
+        checkout: String,
+        errors: Vec<String>,
+    },
     /// A blocking task (git, loader) panicked or was cancelled.
     #[error("{task} task: {message}")]
     Task { task: &'static str, message: String },
@@ -167,9 +176,10 @@ impl Error {
             Error::CachesStopped | Error::LostLeadership => ErrorKind::Transient,
             Error::WritesFailed { kind, .. } | Error::ApplyFailed { kind, .. } => *kind,
             Error::InvalidSpec { .. } => ErrorKind::InvalidSpec,
-            Error::Flag(_) | Error::Bridge(_) | Error::InvalidRevision { .. } => {
-                ErrorKind::InvalidInput
-            }
+            Error::Flag(_)
+            | Error::Bridge(_)
+            | Error::InvalidRevision { .. }
+            | Error::InvalidCheckout { .. } => ErrorKind::InvalidInput,
             Error::Task { .. } => ErrorKind::Internal,
         }
     }

@@ -46,6 +46,13 @@ enum Cmd {
     /// (/metrics, /healthz, /readyz, /drift*) and, on its own listener, the webhook
     /// receiver (POST /hook/<namespace>/<name>). Connects in-cluster, or with $KUBECONFIG.
     Run(Box<RunArgs>),
+    /// Preview what a config-repository checkout would do to the cluster before it is
+    /// merged, like `terraform plan` (docs/plan.md): per changed DPDKConfig, the nodes to
+    /// enable, reconfigure and tear down, the NodeENI fields that change (old → new) and the
+    /// conflicts it would create, from the controller's own planner run on the live cluster
+    /// ($KUBECONFIG) with and without the checkout. Read-only. Exit 0: no change; 1: changes;
+    /// 2: error (an invalid checkout names each file:line:col).
+    Plan(Box<dpdk_reconciler::preview::cli::PlanArgs>),
     /// Show drift between Git, the cluster and the nodes (docs/drift.md), like `kubectl diff`:
     /// exit 0 no drift, 1 drift, above 1 an error.
     Diff(dpdk_reconciler::drift::cli::DiffArgs),
@@ -212,6 +219,32 @@ async fn run(args: RunArgs) -> Result<(), dpdk_reconciler::Error> {
     result
 }
 
+/// `plan`: exit 0 no change, 1 changes, 2 errors.
+fn plan(args: dpdk_reconciler::preview::cli::PlanArgs) -> ExitCode {
+    use dpdk_reconciler::preview::{EXIT_CHANGES, EXIT_ERROR, EXIT_NO_CHANGES};
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dpdk-reconciler plan: starting the runtime: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    match rt.block_on(dpdk_reconciler::preview::cli::run(
+        args,
+        &mut std::io::stdout().lock(),
+    )) {
+        Ok(false) => ExitCode::from(EXIT_NO_CHANGES),
+        Ok(true) => ExitCode::from(EXIT_CHANGES),
+        Err(e) => {
+            eprintln!("dpdk-reconciler plan: {e}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
@@ -266,6 +299,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Plan(args) => plan(*args),
         Cmd::Diff(args) => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -45,6 +45,7 @@ mod claims;
 mod index;
 mod node_eni;
 mod node_state;
+mod outcome;
 pub mod rollout;
 #[cfg(test)]
 mod rollout_tests;
@@ -63,6 +64,7 @@ use crate::api::{DPDKConfig, DPDKConfigStatus, DPDKNodeState, DPDKNodeStateSpec,
 use crate::ssa::{self, DpdkFields};
 
 pub use index::age_key;
+pub use outcome::{EniOutcome, Outcome, outcome};
 pub use rollout::{ConfigRollout, RolloutMarks};
 
 /// Annotation on a DPDKNodeState: when the controller last removed devices from its

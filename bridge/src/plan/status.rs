@@ -160,7 +160,7 @@ fn finish_deleted(input: &PassInput<'_, '_>, phases: &Phases<'_>, c: ConfigIx, o
 }
 
 /// Every conflict the phases found for config `c`, sorted, without repeats.
-fn conflicts_of(phases: &Phases<'_>, c: ConfigIx) -> Vec<ConfigConflict> {
+pub(crate) fn conflicts_of(phases: &Phases<'_>, c: ConfigIx) -> Vec<ConfigConflict> {
     let mut all: Vec<ConfigConflict> = [
         &phases.claims.conflicts,
         &phases.node_enis.conflicts,

@@ -202,15 +202,18 @@ impl World {
         }
     }
 
-    pub(super) fn plan(&self) -> ClusterPlan {
-        let snap = Snapshot {
+    pub(super) fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot {
             configs: self.configs.iter().collect(),
             nodes: self.nodes.iter().collect(),
             node_enis: self.enis.iter().collect(),
             node_states: self.states.iter().collect(),
             server_conflicts: self.server_conflicts.iter().collect(),
-        };
-        plan(&snap, &self.settings, self.now)
+        }
+    }
+
+    pub(super) fn plan(&self) -> ClusterPlan {
+        plan(&self.snapshot(), &self.settings, self.now)
     }
 
     pub(super) fn apply(&mut self, plan: &ClusterPlan) {

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use dpdk_bridge::api::{DPDKConfig, DPDKNodeState, NodeENI};
 use dpdk_bridge::labels::CONTROLLER_MANAGER;
-use dpdk_bridge::plan::Kind;
+use dpdk_bridge::plan::{Kind, ServerConflict, Snapshot};
 use dpdk_bridge::ssa;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Node;
+use kube::api::ListParams;
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -25,6 +26,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::Error;
 use crate::metrics::ControllerMetrics;
 
 /// How long a write may stay unobserved before the cache is trusted again.
@@ -154,6 +156,16 @@ impl Caches {
         }
     }
 
+    /// What the caches hold now, for one planner pass.
+    pub fn objects(&self) -> CachedObjects {
+        CachedObjects {
+            configs: self.configs.state(),
+            nodes: self.nodes.state(),
+            node_enis: self.node_enis.state(),
+            node_states: self.node_states.state(),
+        }
+    }
+
     /// The cached resourceVersion of an object the planner may write.
     pub fn resource_version(&self, kind: Kind, name: &str) -> Option<String> {
         match kind {
@@ -175,6 +187,103 @@ impl Caches {
                 .and_then(|o| o.resource_version()),
         }
     }
+}
+
+/// The objects of the four kinds the planner reads, trimmed as the caches keep them:
+/// [`Caches::objects`] in the controller, [`CachedObjects::list`] for a one-off read
+/// (`dpdk-reconciler plan`), so both hand the planner the same shape.
+#[derive(Clone, Default)]
+pub struct CachedObjects {
+    pub configs: Vec<Arc<DPDKConfig>>,
+    pub nodes: Vec<Arc<PartialObjectMeta<Node>>>,
+    pub node_enis: Vec<Arc<NodeENI>>,
+    pub node_states: Vec<Arc<DPDKNodeState>>,
+}
+
+impl CachedObjects {
+    /// The planner's view of these objects, with the apply conflicts still relevant.
+    pub fn snapshot<'a>(&'a self, server_conflicts: &'a [ServerConflict]) -> Snapshot<'a> {
+        Snapshot {
+            configs: self.configs.iter().map(|c| c.as_ref()).collect(),
+            nodes: self.nodes.iter().map(|n| &n.metadata).collect(),
+            node_enis: self.node_enis.iter().map(|e| e.as_ref()).collect(),
+            node_states: self.node_states.iter().map(|s| s.as_ref()).collect(),
+            server_conflicts: server_conflicts.iter().collect(),
+        }
+    }
+
+    /// Lists the four kinds once (every DPDKConfig, or those matching `config_selector`)
+    /// and trims them as the watches do.
+    pub async fn list(client: &Client, config_selector: Option<&str>) -> Result<Self, Error> {
+        let mut config_lp = ListParams::default();
+        if let Some(sel) = config_selector {
+            config_lp = config_lp.labels(sel);
+        }
+        let lp = ListParams::default();
+        Ok(CachedObjects {
+            configs: list_trimmed(
+                Api::all(client.clone()),
+                &config_lp,
+                "DPDKConfigs",
+                trim_config,
+            )
+            .await?,
+            nodes: list_nodes(client, &lp).await?,
+            node_enis: list_trimmed(Api::all(client.clone()), &lp, "NodeENIs", trim_node_eni)
+                .await?,
+            node_states: list_trimmed(
+                Api::all(client.clone()),
+                &lp,
+                "DPDKNodeStates",
+                trim_node_state,
+            )
+            .await?,
+        })
+    }
+}
+
+async fn list_trimmed<K>(
+    api: Api<K>,
+    lp: &ListParams,
+    what: &str,
+    trim: fn(&mut K),
+) -> Result<Vec<Arc<K>>, Error>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    let list = api.list(lp).await.map_err(|source| Error::Kube {
+        context: format!("listing {what}"),
+        source,
+    })?;
+    Ok(list
+        .items
+        .into_iter()
+        .map(|mut o| {
+            trim(&mut o);
+            Arc::new(o)
+        })
+        .collect())
+}
+
+async fn list_nodes(
+    client: &Client,
+    lp: &ListParams,
+) -> Result<Vec<Arc<PartialObjectMeta<Node>>>, Error> {
+    let list = Api::<Node>::all(client.clone())
+        .list_metadata(lp)
+        .await
+        .map_err(|source| Error::Kube {
+            context: "listing Nodes".into(),
+            source,
+        })?;
+    Ok(list
+        .items
+        .into_iter()
+        .map(|mut n| {
+            trim_node(&mut n);
+            Arc::new(n)
+        })
+        .collect())
 }
 
 // The trims drop what neither the planner nor the drift engine reads, so a big cluster

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dpdk_bridge::labels::CONTROLLER_MANAGER;
-use dpdk_bridge::plan::{self, Kind, PlannedEvent, ServerConflict, Settings, Snapshot, Write};
+use dpdk_bridge::plan::{self, Kind, PlannedEvent, ServerConflict, Settings, Write};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -84,6 +84,19 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// The planner's knobs these options give: the one definition, for the controller's
+    /// passes and for `dpdk-reconciler plan`.
+    pub fn planner_settings(&self) -> Settings {
+        Settings {
+            force_conflicts: self.force_conflicts,
+            teardown_timeout: self.teardown_timeout,
+            cluster_scope: self.config_selector.is_none(),
+            enable_after_bound: self.enable_dpdk_after_bound,
+        }
+    }
+}
+
 /// The pod name when run in a pod (`POD_NAME`), else the host name and pid.
 pub fn default_identity() -> String {
     if let Ok(p) = std::env::var("POD_NAME")
@@ -105,9 +118,10 @@ pub fn default_identity() -> String {
     )
 }
 
-/// Command-line flags of the controller (part of `dpdk-reconciler run`).
+/// The controller's flags that change what the planner decides: part of
+/// `dpdk-reconciler run`, and of `dpdk-reconciler plan`, which must decide the same.
 #[derive(clap::Args, Clone, Debug)]
-pub struct ControllerArgs {
+pub struct PlannerArgs {
     /// Take over NodeENI DPDK fields and the node label when another field manager holds
     /// them with a different value (server-side apply force). Off: such conflicts are
     /// reported in the DPDKConfig status and a Warning event, and left alone.
@@ -122,6 +136,25 @@ pub struct ControllerArgs {
     /// NodeENI fields and the node label anyway (a Go duration: 500ms, 30s, 5m, 1h30m).
     #[arg(long, default_value = "5m", value_parser = dpdk_bridge::duration::parse)]
     pub teardown_timeout: Duration,
+}
+
+impl PlannerArgs {
+    /// [`Options`] with these flags, the rest at their defaults.
+    pub fn into_options(self) -> Options {
+        Options {
+            force_conflicts: self.force_conflicts,
+            teardown_timeout: self.teardown_timeout,
+            enable_dpdk_after_bound: !self.enable_dpdk_immediately,
+            ..Options::default()
+        }
+    }
+}
+
+/// Command-line flags of the controller (part of `dpdk-reconciler run`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct ControllerArgs {
+    #[command(flatten)]
+    pub planner: PlannerArgs,
     /// A full reconcile pass at least this often, even without changes (a Go duration).
     #[arg(long, default_value = "10m", value_parser = dpdk_bridge::duration::parse)]
     pub resync_interval: Duration,
@@ -184,15 +217,12 @@ impl ControllerArgs {
             retry_period: self.retry_period,
         });
         Ok(Options {
-            force_conflicts: self.force_conflicts,
-            teardown_timeout: self.teardown_timeout,
             resync_interval: self.resync_interval,
             config_selector: self.config_selector,
             concurrency: self.concurrency as usize,
             leader_election,
-            enable_dpdk_after_bound: !self.enable_dpdk_immediately,
             identity,
-            ..Options::default()
+            ..self.planner.into_options()
         })
     }
 }
@@ -332,12 +362,7 @@ pub async fn run_led(
         metrics: metrics.clone(),
         leading: Arc::new(AtomicBool::new(false)),
         passes: AtomicU64::new(0),
-        settings: Settings {
-            force_conflicts: opts.force_conflicts,
-            teardown_timeout: opts.teardown_timeout,
-            cluster_scope: opts.config_selector.is_none(),
-            enable_after_bound: opts.enable_dpdk_after_bound,
-        },
+        settings: opts.planner_settings(),
         concurrency: opts.concurrency.max(1),
     };
 
@@ -457,10 +482,7 @@ struct Reconciler {
 impl Reconciler {
     async fn pass(&self) -> Result<PassOutcome, Error> {
         self.expectations.sweep();
-        let configs = self.caches.configs.state();
-        let nodes = self.caches.nodes.state();
-        let node_enis = self.caches.node_enis.state();
-        let node_states = self.caches.node_states.state();
+        let objects = self.caches.objects();
         // Apply conflicts stay relevant only while the object is unchanged.
         let server_conflicts: Vec<ServerConflict> = {
             let mut sc = self.server_conflicts.lock().await;
@@ -470,18 +492,12 @@ impl Reconciler {
             });
             sc.clone()
         };
-        let snapshot = Snapshot {
-            configs: configs.iter().map(|c| c.as_ref()).collect(),
-            nodes: nodes.iter().map(|n| &n.metadata).collect(),
-            node_enis: node_enis.iter().map(|e| e.as_ref()).collect(),
-            node_states: node_states.iter().map(|s| s.as_ref()).collect(),
-            server_conflicts: server_conflicts.iter().collect(),
-        };
+        let snapshot = objects.snapshot(&server_conflicts);
         let planned = plan::plan(&snapshot, &self.settings, Timestamp::now());
         // The plan owns its data. Holding the snapshot through a long pass would keep the
         // old version of every object the pass rewrites alive next to the new one.
         drop(snapshot);
-        drop((configs, nodes, node_enis, node_states, server_conflicts));
+        drop((objects, server_conflicts));
         self.record_stats(&planned.stats);
         self.record_rollouts(&planned.rollouts);
 
@@ -729,6 +745,50 @@ mod tests {
         };
         assert!(parse(&["x"]).enable_dpdk_after_bound);
         assert!(!parse(&["x", "--enable-dpdk-immediately"]).enable_dpdk_after_bound);
+    }
+
+    #[test]
+    fn the_planner_settings_follow_the_flags_plan_shares_with_run() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            c: ControllerArgs,
+        }
+        #[derive(clap::Parser)]
+        struct Plan {
+            #[command(flatten)]
+            p: PlannerArgs,
+        }
+        let flags = [
+            "x",
+            "--force-conflicts",
+            "--enable-dpdk-immediately",
+            "--teardown-timeout",
+            "7s",
+        ];
+        let run = Cli::try_parse_from(flags)
+            .expect("parses")
+            .c
+            .into_options()
+            .expect("valid")
+            .planner_settings();
+        let plan = Plan::try_parse_from(flags)
+            .expect("parses")
+            .p
+            .into_options()
+            .planner_settings();
+        for s in [&run, &plan] {
+            assert!(s.force_conflicts && !s.enable_after_bound && s.cluster_scope);
+            assert_eq!(s.teardown_timeout, Duration::from_secs(7));
+        }
+        let sharded = Cli::try_parse_from(["x", "--config-selector", "shard=a"])
+            .expect("parses")
+            .c
+            .into_options()
+            .expect("valid")
+            .planner_settings();
+        assert!(!sharded.cluster_scope && sharded.enable_after_bound);
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub async fn run(args: &DiffArgs, out: &mut dyn std::io::Write) -> Result<bool, 
             "diff needs --checkout <dir>, --source <namespace>/<name>, or both".into(),
         ));
     }
-    let client = client(args).await?;
+    let client = kube_client(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
     let source = match &key {
         Some(k) => Some(
             Api::<DPDKConfigSource>::namespaced(client.clone(), &k.namespace)
@@ -151,12 +151,17 @@ pub async fn run(args: &DiffArgs, out: &mut dyn std::io::Write) -> Result<bool, 
     Ok(drift)
 }
 
-async fn client(args: &DiffArgs) -> Result<Client, Error> {
+/// A client from `--kubeconfig`/`--context`, else $KUBECONFIG, ~/.kube/config or the
+/// in-cluster config (`diff` and `plan`).
+pub(crate) async fn kube_client(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> Result<Client, Error> {
     let opts = KubeConfigOptions {
-        context: args.context.clone(),
+        context: context.map(str::to_string),
         ..Default::default()
     };
-    let config = match &args.kubeconfig {
+    let config = match kubeconfig {
         Some(p) => {
             let kc = Kubeconfig::read_from(p)
                 .map_err(|e| Error::Flag(format!("--kubeconfig {}: {e}", p.display())))?;
@@ -164,7 +169,7 @@ async fn client(args: &DiffArgs) -> Result<Client, Error> {
                 .await
                 .map_err(|e| Error::Flag(format!("--kubeconfig {}: {e}", p.display())))?
         }
-        None if args.context.is_some() => Config::from_kubeconfig(&opts)
+        None if context.is_some() => Config::from_kubeconfig(&opts)
             .await
             .map_err(|e| Error::Flag(format!("kubeconfig: {e}")))?,
         None => Config::infer()
@@ -178,7 +183,7 @@ async fn client(args: &DiffArgs) -> Result<Client, Error> {
 }
 
 /// `<branch>@sha1:<sha>` of a checkout's HEAD, when it is a Git repository.
-fn checkout_revision(dir: &Path) -> Option<String> {
+pub(crate) fn checkout_revision(dir: &Path) -> Option<String> {
     let repo = git2::Repository::open(dir).ok()?;
     let head = repo.head().ok()?;
     let sha = head.peel_to_commit().ok()?.id().to_string();
