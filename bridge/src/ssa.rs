@@ -44,8 +44,13 @@ pub fn ready_label_path() -> [String; 3] {
     label_path(NODE_READY_LABEL)
 }
 
-/// True when a FieldsV1 set contains `path` (the leaf or anything under it).
+/// True when a FieldsV1 set contains `path` (the leaf or anything under it). The set is
+/// either a FieldsV1 tree, as the API server sends it, or the compact form
+/// [`trim_managed_fields`] leaves in caches.
 pub fn fields_contain<S: AsRef<str>>(fields: &Value, path: &[S]) -> bool {
+    if let Value::String(compact) = fields {
+        return compact_contains(compact, path);
+    }
     let mut cur = fields;
     for seg in path {
         match cur.get(seg.as_ref()) {
@@ -54,6 +59,54 @@ pub fn fields_contain<S: AsRef<str>>(fields: &Value, path: &[S]) -> bool {
         }
     }
     true
+}
+
+// The compact form of a field set: its leaf paths in one string, paths ended by
+// `PATH_END`, segments separated by `SEGMENT_SEP`. Neither character occurs in a FieldsV1
+// key (field names, label keys, and `k:`/`v:` keys, whose JSON escapes control
+// characters). A FieldsV1 tree is always a JSON object, so a string is never mistaken for
+// one. A tree holds a path exactly when one of its leaf paths starts with it, so the
+// answers are the tree's. One allocation of tens of bytes instead of a `serde_json::Map`
+// per level of the tree (hundreds of bytes each, even with one key).
+const PATH_END: char = '\0';
+const SEGMENT_SEP: char = '\n';
+
+/// The compact form of a FieldsV1 tree: every leaf path (a key whose value is `{}` or not
+/// an object).
+fn compact_fields(fields: &Value) -> Value {
+    fn walk(v: &Value, prefix: &mut String, out: &mut String) {
+        match v.as_object() {
+            Some(m) if !m.is_empty() => {
+                for (k, child) in m {
+                    let len = prefix.len();
+                    if len > 0 {
+                        prefix.push(SEGMENT_SEP);
+                    }
+                    prefix.push_str(k);
+                    walk(child, prefix, out);
+                    prefix.truncate(len);
+                }
+            }
+            _ if !prefix.is_empty() => {
+                out.push_str(prefix);
+                out.push(PATH_END);
+            }
+            _ => {}
+        }
+    }
+    let mut out = String::new();
+    walk(fields, &mut String::new(), &mut out);
+    out.shrink_to_fit();
+    Value::String(out)
+}
+
+/// [`fields_contain`] on the compact form.
+fn compact_contains<S: AsRef<str>>(compact: &str, path: &[S]) -> bool {
+    path.is_empty()
+        || compact.split_terminator(PATH_END).any(|leaf| {
+            let mut segs = leaf.split(SEGMENT_SEP);
+            path.iter().all(|p| segs.next() == Some(p.as_ref()))
+        })
 }
 
 fn is_main_resource(e: &ManagedFieldsEntry) -> bool {
@@ -140,7 +193,9 @@ pub const NO_MANAGER: &str = "\u{0}";
 
 /// Shrinks `metadata.managedFields` for caching: entries of `keep_manager` are kept
 /// (with their fields trimmed to `paths`), other entries only when they own one of
-/// `paths`, trimmed the same way. Ownership answers for `paths` are unchanged.
+/// `paths`, trimmed the same way and kept in a compact form (a string, not a tree; only
+/// the functions of this module read it). Ownership answers for `paths` (and for
+/// anything under them) are unchanged; the entries are never written back.
 pub fn trim_managed_fields<S: AsRef<str>>(
     meta: &mut ObjectMeta,
     keep_manager: &str,
@@ -155,9 +210,12 @@ pub fn trim_managed_fields<S: AsRef<str>>(
             e.manager.as_deref() == Some(keep_manager) || paths.iter().any(|p| entry_contains(e, p))
         })
         .map(|mut e| {
-            e.fields_v1 = e.fields_v1.map(|f| FieldsV1(trim_fields(&f.0, paths)));
+            e.fields_v1 = e
+                .fields_v1
+                .map(|f| FieldsV1(compact_fields(&trim_fields(&f.0, paths))));
             e.time = None;
             e.api_version = None;
+            e.fields_type = None;
             e
         })
         .collect();
@@ -397,12 +455,120 @@ mod tests {
         assert_eq!(entries.len(), 2, "the status-only entry is dropped");
         assert_eq!(
             entries[1].fields_v1.as_ref().map(|f| f.0.clone()),
-            Some(json!({"f:spec": {"f:dpdkResourceName": {}}}))
+            Some(json!("f:spec\nf:dpdkResourceName\u{0}")),
+            "only the owned path is left, in the compact form"
         );
         assert!(owned_by(&m, "dpdk-controller", &NODEENI_DRIVER_PATH));
         assert_eq!(
             other_owners(&m, &NODEENI_RESOURCE_PATH, "dpdk-controller"),
             vec!["platform-team".to_string()]
+        );
+    }
+
+    /// Every prefix of every path in `queries`, and a few near misses.
+    fn probes() -> Vec<Vec<String>> {
+        let queries: Vec<Vec<&str>> = vec![
+            NODEENI_ENABLE_PATH.to_vec(),
+            NODEENI_DRIVER_PATH.to_vec(),
+            NODEENI_RESOURCE_PATH.to_vec(),
+            NODEENI_PCI_PATH.to_vec(),
+            vec!["f:metadata", "f:labels", "f:dpdk.aws.k8s/enabled"],
+            vec!["f:metadata", "f:labels", "f:dpdk.aws.k8s/ready"],
+            vec!["f:metadata", "f:finalizers", "v:\"dpdk.aws.k8s/teardown\""],
+            vec!["f:metadata", "f:labels", "f:dpdk.aws.k8s"],
+            vec!["f:spec", "f:enable"],
+            vec!["f:spec", "f:enableDPDK", "."],
+        ];
+        let mut out: Vec<Vec<String>> = Vec::new();
+        for q in queries {
+            for n in 0..=q.len() {
+                out.push(q[..n].iter().map(|s| s.to_string()).collect());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn compact_field_sets_answer_like_the_trees() {
+        let trees = [
+            json!({}),
+            json!({"f:spec": {"f:enableDPDK": {}, "f:dpdkDriver": {}, "f:dpdkResourceName": {}}}),
+            json!({"f:spec": {".": {}, "f:enableDPDK": {}}, "f:status": {"f:attachments": {}}}),
+            json!({"f:metadata": {"f:labels": {".": {}, "f:dpdk.aws.k8s/enabled": {}, "f:kubernetes.io/hostname": {}}}}),
+            json!({"f:metadata": {"f:finalizers": {".": {}, "v:\"dpdk.aws.k8s/teardown\"": {}}}}),
+        ];
+        for tree in &trees {
+            let compact = compact_fields(tree);
+            assert!(compact.is_string(), "{compact}");
+            for p in probes() {
+                assert_eq!(
+                    fields_contain(&compact, &p),
+                    fields_contain(tree, &p),
+                    "{tree} at {p:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn trimmed_entries_keep_every_ownership_answer_including_other_managers() {
+        // As the API server sends a NodeENI after the controller applied and a platform
+        // team took dpdkResourceName with a different value: the conflict the planner
+        // reports (`other_owners`) must still be seen in the cache.
+        let full = meta(vec![
+            entry(
+                "dpdk-controller",
+                "Apply",
+                json!({"f:spec": {"f:enableDPDK": {}, "f:dpdkDriver": {}}}),
+            ),
+            entry(
+                "platform-team",
+                "Apply",
+                json!({"f:spec": {"f:dpdkResourceName": {}, "f:nodeSelector": {".": {}, "f:kubernetes.io/hostname": {}}, "f:deviceIndex": {}}}),
+            ),
+            entry(
+                "kubectl-edit",
+                "Update",
+                json!({"f:spec": {"f:dpdkPCIAddress": {}}}),
+            ),
+            entry(
+                "eni-controller",
+                "Update",
+                json!({"f:status": {".": {}, "f:attachments": {}}}),
+            ),
+        ]);
+        let mut trimmed = full.clone();
+        let paths: Vec<&[&str]> = NODEENI_PATHS.iter().map(|p| p.as_slice()).collect();
+        trim_managed_fields(&mut trimmed, NO_MANAGER, &paths);
+        assert_eq!(
+            other_owners(&trimmed, &NODEENI_RESOURCE_PATH, CONTROLLER_MANAGER),
+            vec!["platform-team".to_string()]
+        );
+        for manager in ["dpdk-controller", "platform-team", "kubectl-edit", "nobody"] {
+            assert_eq!(
+                has_apply_entry(&trimmed, manager),
+                has_apply_entry(&full, manager)
+            );
+            for p in NODEENI_PATHS {
+                assert_eq!(
+                    owned_by(&trimmed, manager, &p),
+                    owned_by(&full, manager, &p),
+                    "{manager} {p:?}"
+                );
+                assert_eq!(
+                    other_owners(&trimmed, &p, manager),
+                    other_owners(&full, &p, manager),
+                    "{manager} {p:?}"
+                );
+            }
+        }
+        let kept = trimmed.managed_fields.unwrap_or_default();
+        assert!(
+            kept.iter()
+                .all(|e| e.fields_v1.as_ref().is_some_and(|f| f.0.is_string())
+                    && e.time.is_none()
+                    && e.fields_type.is_none()),
+            "{kept:?}"
         );
     }
 

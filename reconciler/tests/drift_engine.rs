@@ -353,6 +353,54 @@ fn since_carries_over_between_recomputations() {
 }
 
 #[test]
+fn unchanged_findings_are_shared_with_the_previous_report_not_copied() {
+    // During a rollout the served report and the one being computed hold the same
+    // findings; the new one points at the old ones instead of holding a second copy.
+    let src = source("clusters/prod", &[("clusters/prod/dpdk.yaml", MULTI)]);
+    let mut live = LiveObjects {
+        configs: live_configs_of(MULTI),
+        ..Default::default()
+    };
+    live.configs[0]
+        .spec
+        .node_selector
+        .insert("zone".into(), "a".into());
+    live.configs[1].spec.resource_mapping[0].resource_name = "example.com/dpdk_b2_live".into();
+    let first = compute(std::slice::from_ref(&src), &live, now(), None);
+    assert_eq!(first.findings.len(), 2, "{:?}", first.findings);
+    let later: Timestamp = "2025-06-01T12:05:00Z".parse().expect("ts");
+    let second = compute(std::slice::from_ref(&src), &live, later, Some(&first));
+    assert_eq!(second.findings, first.findings);
+    assert!(
+        second
+            .findings
+            .iter()
+            .zip(&first.findings)
+            .all(|(a, b)| std::sync::Arc::ptr_eq(a, b)),
+        "unchanged findings are the previous report's"
+    );
+    // One live value changes: that finding is new (with its `since` carried over), the
+    // other is still shared.
+    live.configs[1].spec.resource_mapping[0].resource_name = "example.com/dpdk_b2_other".into();
+    let third = compute(&[src], &live, later, Some(&second));
+    assert_eq!(third.findings.len(), 2);
+    let shared = third
+        .findings
+        .iter()
+        .filter(|f| first.findings.iter().any(|o| std::sync::Arc::ptr_eq(f, o)))
+        .count();
+    assert_eq!(shared, 1, "{:?}", third.findings);
+    assert!(
+        third
+            .findings
+            .iter()
+            .all(|f| &*f.since == "2025-06-01T12:00:00Z"),
+        "{:?}",
+        third.findings
+    );
+}
+
+#[test]
 fn added_removed_and_defaulted_fields_patch_in_place() {
     let mut live = LiveObjects {
         configs: live_configs_of(MULTI),

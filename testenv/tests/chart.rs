@@ -120,6 +120,7 @@ fn values_change_what_they_name() {
             "nodeAgent.nodeSelector.kubernetes\\.io/arch=arm64",
             "devicePlugin.tolerations=null",
             "controller.resources.limits.memory=512Mi",
+            "controller.memory.fleetNodes=1000",
             "sourceNamespace=dpdk-sources",
             "webhookReceiver.service.enabled=true",
             "webhookReceiver.service.port=9443",
@@ -136,6 +137,10 @@ fn values_change_what_they_name() {
         format!("registry.example.com/dpdk-reconciler:0.1.0@{digest}").as_str()
     );
     assert_eq!(controller["resources"]["limits"]["memory"], "512Mi");
+    assert_eq!(
+        controller["resources"]["requests"]["memory"], "65Mi",
+        "without an explicit request: 35 MiB + 30 KiB × 1000 nodes, rounded up"
+    );
     let loader = object(&objs, "apps/v1/DaemonSet/dpdk-operator/dpdk-driver-loader");
     let pod = &loader["spec"]["template"]["spec"];
     assert_eq!(

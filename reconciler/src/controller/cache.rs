@@ -311,6 +311,13 @@ fn trim_node_eni(e: &mut NodeENI) {
     let paths: Vec<&[&str]> = ssa::NODEENI_PATHS.iter().map(|p| p.as_slice()).collect();
     ssa::trim_managed_fields(&mut e.metadata, ssa::NO_MANAGER, &paths);
     e.metadata.annotations = None;
+    // The AWS side of the spec is the Multi-ENI Controller's; only the selector, the
+    // device index, the subnet counts (multi-subnet NodeENIs) and the DPDK fields are read.
+    e.spec.subnet_id = None;
+    e.spec.subnet_name = None;
+    e.spec.security_group_ids = None;
+    e.spec.security_group_names = None;
+    e.spec.description = None;
     if let Some(st) = e.status.as_mut() {
         for a in st.attachments.iter_mut() {
             // Read: nodeID, deviceIndex, eniID, status, dpdkBound and dpdkPCIAddress.
@@ -484,6 +491,124 @@ use kube::runtime::watcher::watcher;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dpdk_bridge::api::{
+        DPDKConfigSpec, DpdkDriver, DriverOptions, NodeENISpec, NodeENIStatus, ResourceMapping,
+    };
+    use dpdk_bridge::plan::{self, Write};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+        FieldsV1, ManagedFieldsEntry, ObjectMeta,
+    };
+    use serde_json::json;
+
+    fn mf(manager: &str, fields: serde_json::Value) -> ManagedFieldsEntry {
+        ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some("Apply".into()),
+            fields_type: Some("FieldsV1".into()),
+            fields_v1: Some(FieldsV1(fields)),
+            api_version: Some("networking.k8s.aws/v1alpha1".into()),
+            ..Default::default()
+        }
+    }
+
+    /// The FieldManagerConflicts the planner reports for one node whose NodeENI's
+    /// dpdkResourceName is held by "platform-team" with another value.
+    fn planned_conflicts(eni: &NodeENI) -> Vec<String> {
+        let cfg = DPDKConfig {
+            metadata: ObjectMeta {
+                name: Some("c".into()),
+                uid: Some("uc".into()),
+                ..Default::default()
+            },
+            spec: DPDKConfigSpec {
+                node_selector: [("group".to_string(), "dpdk".to_string())].into(),
+                driver_options: DriverOptions::default(),
+                resource_mapping: vec![ResourceMapping {
+                    device_index: 1,
+                    resource_name: "intel.com/dpdk_1".into(),
+                    driver: DpdkDriver::VfioPci,
+                }],
+            },
+            status: None,
+        };
+        let node = ObjectMeta {
+            name: Some("n1".into()),
+            uid: Some("un".into()),
+            labels: Some(
+                [
+                    ("group".to_string(), "dpdk".to_string()),
+                    ("kubernetes.io/hostname".to_string(), "n1".to_string()),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        let snap = plan::Snapshot {
+            configs: vec![&cfg],
+            nodes: vec![&node],
+            node_enis: vec![eni],
+            ..Default::default()
+        };
+        let planned = plan::plan(
+            &snap,
+            &plan::Settings::default(),
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        planned
+            .writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::ConfigStatus { status, .. } => Some(status.conflicts.clone()),
+                _ => None,
+            })
+            .flatten()
+            .filter(|c| c.reason == plan::reason::FIELD_MANAGER_CONFLICT)
+            .map(|c| c.message)
+            .collect()
+    }
+
+    #[test]
+    fn a_trimmed_nodeeni_still_shows_another_managers_field_to_the_planner() {
+        let mut eni = NodeENI::new(
+            "n1-eni1",
+            NodeENISpec {
+                node_selector: [("kubernetes.io/hostname".to_string(), "n1".to_string())].into(),
+                device_index: Some(1),
+                subnet_id: Some("subnet-0123456789abcdef0".into()),
+                security_group_ids: Some(vec!["sg-0123456789abcdef0".into()]),
+                dpdk_resource_name: Some("intel.com/theirs".into()),
+                ..Default::default()
+            },
+        );
+        eni.metadata.uid = Some("ue".into());
+        eni.metadata.managed_fields = Some(vec![
+            mf(
+                "eni-admin",
+                json!({"f:spec": {".": {}, "f:nodeSelector": {".": {}, "f:kubernetes.io/hostname": {}},
+                    "f:deviceIndex": {}, "f:subnetID": {}, "f:securityGroupIDs": {}}}),
+            ),
+            mf(
+                "platform-team",
+                json!({"f:spec": {"f:dpdkResourceName": {}, "f:mtu": {}}}),
+            ),
+        ]);
+        eni.status = Some(NodeENIStatus {
+            attachments: vec![dpdk_testenv::fixtures::attachment("n1", 1, "eni-1")],
+        });
+        let before = planned_conflicts(&eni);
+        assert_eq!(before.len(), 1, "{before:?}");
+        trim_node_eni(&mut eni);
+        let kept = eni.metadata.managed_fields.clone().unwrap_or_default();
+        assert_eq!(
+            kept.len(),
+            1,
+            "only the entry owning a DPDK field: {kept:?}"
+        );
+        assert!(eni.spec.security_group_ids.is_none() && eni.spec.subnet_id.is_none());
+        let after = planned_conflicts(&eni);
+        assert_eq!(after, before);
+        assert!(after[0].contains("platform-team"), "{after:?}");
+    }
 
     #[test]
     fn expectations_hold_until_the_version_is_seen() {

@@ -33,17 +33,18 @@ pub fn compute<'a>(
             .to_string(),
     );
     let origins = Origins::new(sources);
-    let mut findings = Vec::new();
+    let mut out = Findings::new(previous, now_s.clone());
     let live_by_name: HashMap<&str, &DPDKConfig> = live
         .configs
         .iter()
         .filter_map(|c| Some((c.metadata.name.as_deref()?, *c)))
         .collect();
     for src in sources {
-        git_cluster(src, live, &live_by_name, &mut findings);
+        git_cluster(src, live, &live_by_name, &mut out);
     }
-    cluster_nodeeni(live, &origins, now, &mut findings);
-    desired_node(live, &live_by_name, &origins, &mut findings);
+    cluster_nodeeni(live, &origins, now, &mut out);
+    desired_node(live, &live_by_name, &origins, &mut out);
+    let mut findings = out.into_list();
 
     // Ignore rules are per source; a finding is judged by the rules of the source that
     // declares its intent.
@@ -59,25 +60,6 @@ pub fn compute<'a>(
     });
     let ignored = before - findings.len();
 
-    // Borrowed keys: during a rollout the previous report has a finding per NodeENI.
-    let since: HashMap<(Layer, FindingKind, &ObjectRef, &str), &Arc<str>> = previous
-        .map(|p| {
-            p.findings
-                .iter()
-                .map(|f| {
-                    (
-                        (f.layer, f.kind, &f.object, f.field_path.as_str()),
-                        &f.since,
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    for f in &mut findings {
-        f.since = since
-            .get(&(f.layer, f.kind, &f.object, f.field_path.as_str()))
-            .map_or_else(|| now_s.clone(), |s| Arc::clone(s));
-    }
     // Unstable sort: a stable one allocates a scratch copy of the findings (4 MB in the
     // middle of a 1000-node rollout). The key goes down to the kind and the message, so
     // the order is still fully determined.
@@ -121,8 +103,61 @@ pub fn compute<'a>(
     }
 }
 
+/// The findings of one computation, with `since` carried over from the previous report
+/// (the one being served). A finding identical to one of that report is shared with it,
+/// not kept twice: in the middle of a large rollout most findings carry over from one
+/// recompute to the next, and holding two full reports at once was the drift runtime's
+/// share of the process's peak memory.
+struct Findings<'p> {
+    /// Borrowed keys: during a rollout the previous report has a finding per NodeENI.
+    previous: HashMap<(Layer, FindingKind, &'p ObjectRef, &'p str), &'p Arc<Finding>>,
+    now: Arc<str>,
+    list: Vec<Arc<Finding>>,
+}
+
+impl<'p> Findings<'p> {
+    fn new(previous: Option<&'p DriftReport>, now: Arc<str>) -> Self {
+        let previous = previous
+            .map(|p| {
+                p.findings
+                    .iter()
+                    .map(|f| ((f.layer, f.kind, &f.object, f.field_path.as_str()), f))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Findings {
+            previous,
+            now,
+            list: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, mut f: Finding) {
+        let old = self
+            .previous
+            .get(&(f.layer, f.kind, &f.object, f.field_path.as_str()))
+            .copied();
+        match old {
+            Some(old) => {
+                f.since = Arc::clone(&old.since);
+                if f == **old {
+                    self.list.push(Arc::clone(old));
+                    return;
+                }
+            }
+            None => f.since = Arc::clone(&self.now),
+        }
+        self.list.push(Arc::new(f));
+    }
+
+    /// The findings, without the previous report's index.
+    fn into_list(self) -> Vec<Arc<Finding>> {
+        self.list
+    }
+}
+
 /// Counts per layer (every layer) and per kind (kinds that occur).
-pub fn summarize(findings: &[Finding], ignored: usize) -> Summary {
+pub fn summarize(findings: &[Arc<Finding>], ignored: usize) -> Summary {
     let mut by_layer: BTreeMap<String, usize> = Layer::ALL
         .iter()
         .map(|l| (l.as_str().to_string(), 0))
@@ -308,7 +343,7 @@ fn git_cluster(
     src: &GitSource,
     live: &LiveView,
     live_by_name: &HashMap<&str, &DPDKConfig>,
-    out: &mut Vec<Finding>,
+    out: &mut Findings<'_>,
 ) {
     let source = src.key.as_ref().map(ToString::to_string);
     let mut declared = HashSet::new();
@@ -487,7 +522,7 @@ pub fn compare_config(doc: &GitDocument, cfg: &DPDKConfig) -> Vec<FieldDiff> {
 // planned release is a NodeENI still carrying DPDK fields no config asks for; conflicts
 // are those the controller reports (or would report, when it has not written them yet).
 
-fn cluster_nodeeni(live: &LiveView, origins: &Origins, now: Timestamp, out: &mut Vec<Finding>) {
+fn cluster_nodeeni(live: &LiveView, origins: &Origins, now: Timestamp, out: &mut Findings<'_>) {
     let snap = plan::Snapshot {
         configs: live.configs.clone(),
         nodes: live.nodes.clone(),
@@ -685,7 +720,7 @@ fn desired_node(
     live: &LiveView,
     live_by_name: &HashMap<&str, &DPDKConfig>,
     origins: &Origins,
-    out: &mut Vec<Finding>,
+    out: &mut Findings<'_>,
 ) {
     for ns in &live.node_states {
         let node = name_of(&ns.metadata).to_string();

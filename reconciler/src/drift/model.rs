@@ -414,7 +414,8 @@ pub struct DriftReport {
     pub generated_at: String,
     pub sources: Vec<SourceInfo>,
     pub summary: Summary,
-    pub findings: Vec<Finding>,
+    /// Shared with the previous report where unchanged (see `engine::compute`).
+    pub findings: Vec<Arc<Finding>>,
 }
 
 impl DriftReport {

@@ -9,6 +9,7 @@
 //! did not produce it (an exotic layout), that document is rewritten whole instead.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use dpdk_bridge::api::DPDKConfig;
 use dpdk_bridge::labels;
@@ -37,13 +38,14 @@ pub struct FileChange {
 /// sorted by path.
 pub fn file_changes<'a>(
     src: &GitSource,
-    findings: &[Finding],
+    findings: &[Arc<Finding>],
     live: impl Into<LiveView<'a>>,
 ) -> Vec<FileChange> {
     let live = live.into();
     let source = src.key.as_ref().map(ToString::to_string);
     let ours: Vec<&Finding> = findings
         .iter()
+        .map(|f| f.as_ref())
         .filter(|f| f.layer == Layer::GitCluster && f.source == source)
         .collect();
     let live_cfg = |name: &str| {

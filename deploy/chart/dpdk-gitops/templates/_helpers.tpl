@@ -20,3 +20,27 @@ app.kubernetes.io/part-of: dpdk-gitops
 imagePullPolicy: {{ . }}
 {{- end -}}
 {{- end }}
+
+{{/* The controller's resources: controller.resources, with the memory request and limit
+     derived from controller.memory when they are not set (docs/operations.md, "Controller
+     memory"): request = base + at rest per node × fleetNodes, limit = (base + peak per
+     node × fleetNodes) × headroomPercent / 100, both rounded up to whole MiB. */}}
+{{- define "dpdk-gitops.controllerResources" -}}
+{{- $r := deepCopy (.Values.controller.resources | default dict) -}}
+{{- $m := .Values.controller.memory -}}
+{{- $nodes := int $m.fleetNodes -}}
+{{- $base := mul (int $m.baseMiB) 1024 -}}
+{{- $requests := $r.requests | default dict -}}
+{{- $limits := $r.limits | default dict -}}
+{{- if not $requests.memory -}}
+{{- $kib := add $base (mul (int $m.atRestKiBPerNode) $nodes) -}}
+{{- $_ := set $requests "memory" (printf "%dMi" (div (add $kib 1023) 1024)) -}}
+{{- end -}}
+{{- if not $limits.memory -}}
+{{- $kib := div (mul (add $base (mul (int $m.peakKiBPerNode) $nodes)) (int $m.headroomPercent)) 100 -}}
+{{- $_ := set $limits "memory" (printf "%dMi" (div (add $kib 1023) 1024)) -}}
+{{- end -}}
+{{- $_ := set $r "requests" $requests -}}
+{{- $_ := set $r "limits" $limits -}}
+{{- toYaml $r -}}
+{{- end }}
