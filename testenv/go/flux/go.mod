@@ -3,6 +3,12 @@ module github.com/dpdk-gitops/testenv/flux
 
 go 1.26.0
 
+// v1.9.6, not v1.10.x: v1.10.x needs modules the Go module proxy here refuses, even with
+// GOTOOLCHAIN=go1.27.3. artifact v0.18.3 (what source-controller v1.9.6 asks for) is not
+// served, so v0.18.0. The other replace lines copy the controllers' own go.mod replaces
+// (a dependency's replace lines do not apply to this module). `go mod tidy` fails here;
+// this go.sum is the one `go get -tool` wrote.
+
 replace github.com/fluxcd/pkg/artifact => github.com/fluxcd/pkg/artifact v0.18.0
 
 tool (
