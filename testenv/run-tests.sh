@@ -33,7 +33,7 @@ done
 say "checking formatting (cargo fmt --all --check; rustfmt.toml)"
 cargo fmt --all --check
 
-say "building the local control plane (kube-apiserver, kubectl, etcd), helm and actionlint from Go modules; cached after the first run"
+say "building the local control plane (kube-apiserver, kubectl, etcd), helm, actionlint and Flux (source-controller, kustomize-controller) from Go modules; cached after the first run"
 cargo run -q -p dpdk-testenv -- build
 
 say "linting (cargo clippy --workspace --all-targets -- -D warnings)"

@@ -1,5 +1,6 @@
 //! Building kube-apiserver, kubectl and etcd (and the helm and actionlint CLIs the chart and
-//! workflow tests use) from the Go tools modules in `testenv/go/`, cached outside the
+//! workflow tests use, and Flux's source-controller and kustomize-controller for the
+//! coexistence tests) from the Go tools modules in `testenv/go/`, cached outside the
 //! repository and keyed by version.
 
 use std::io::{BufRead, BufReader};
@@ -17,6 +18,14 @@ const ETCD_GO_SUM: &str = include_str!("../go/etcd/go.sum");
 const ARGO_LUA_GO_MOD: &str = include_str!("../go/argo-lua/go.mod");
 const ARGO_LUA_GO_SUM: &str = include_str!("../go/argo-lua/go.sum");
 const ARGO_LUA_MAIN: &str = include_str!("../go/argo-lua/main.go");
+const FLUX_GO_MOD: &str = include_str!("../go/flux/go.mod");
+const FLUX_GO_SUM: &str = include_str!("../go/flux/go.sum");
+
+/// The Flux modules whose CRDs (`config/crd/bases/*.yaml`) testenv installs.
+const FLUX_CRD_MODULES: [&str; 2] = [
+    "github.com/fluxcd/source-controller",
+    "github.com/fluxcd/kustomize-controller",
+];
 
 /// A CLI built from its own tools module in `testenv/go/<name>/`, cached in
 /// `<cache>/<name>-<version>/<name>`.
@@ -238,6 +247,129 @@ pub fn ensure_argo_lua() -> Result<PathBuf> {
     Ok(exe)
 }
 
+/// Flux's two controllers and the CRDs of the same release, in `<cache>/flux-<version>/`.
+#[derive(Clone, Debug)]
+pub struct FluxBinaries {
+    pub source_controller: PathBuf,
+    pub kustomize_controller: PathBuf,
+    /// `crds/`: every CRD of both modules' `config/crd/bases/`, copied at build time.
+    pub crd_dir: PathBuf,
+    pub version: String,
+}
+
+impl FluxBinaries {
+    /// The CRD files, sorted.
+    pub fn crd_files(&self) -> Result<Vec<PathBuf>> {
+        let dir = &self.crd_dir;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io_err(dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+}
+
+/// The Flux release `testenv/go/flux/go.mod` requires (both controllers are pinned to it).
+pub fn flux_version() -> Result<String> {
+    let source = required_version(FLUX_GO_MOD, FLUX_CRD_MODULES[0]);
+    let kustomize = required_version(FLUX_GO_MOD, FLUX_CRD_MODULES[1]);
+    match (source, kustomize) {
+        (Some(s), Some(k)) if s == k => Ok(s),
+        (s, k) => Err(Error::Other(format!(
+            "testenv/go/flux/go.mod must require source-controller and kustomize-controller at one release, got {s:?} and {k:?}"
+        ))),
+    }
+}
+
+/// Returns Flux's source-controller and kustomize-controller, building them (and copying
+/// their CRDs out of the module cache) first when the cache lacks them. Same file lock as
+/// [`ensure_binaries`].
+pub fn ensure_flux() -> Result<FluxBinaries> {
+    let version = flux_version()?;
+    let root = cache_root();
+    let dir = root.join(format!("flux-{version}"));
+    let bins = FluxBinaries {
+        source_controller: dir.join("source-controller"),
+        kustomize_controller: dir.join("kustomize-controller"),
+        crd_dir: dir.join("crds"),
+        version: version.clone(),
+    };
+    let complete = |b: &FluxBinaries| {
+        b.source_controller.exists() && b.kustomize_controller.exists() && b.crd_dir.exists()
+    };
+    if complete(&bins) {
+        return Ok(bins);
+    }
+    std::fs::create_dir_all(&root).map_err(io_err(&root))?;
+    let lock_path = root.join(".build.lock");
+    let lock = std::fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
+    lock.lock_exclusive().map_err(io_err(&lock_path))?;
+    for (exe, module) in [
+        (&bins.source_controller, FLUX_CRD_MODULES[0]),
+        (&bins.kustomize_controller, FLUX_CRD_MODULES[1]),
+    ] {
+        if !exe.exists() {
+            go_build(
+                &dir,
+                FLUX_GO_MOD,
+                FLUX_GO_SUM,
+                module,
+                exe,
+                "-s -w",
+                &version,
+            )?;
+        }
+    }
+    if !bins.crd_dir.exists() {
+        copy_flux_crds(&dir.join("module"), &bins.crd_dir)?;
+    }
+    drop(lock);
+    Ok(bins)
+}
+
+/// Copies `config/crd/bases/*.yaml` of each Flux module (as the tools module resolved it)
+/// into `out`, through a scratch directory so a half copy is never taken for a whole one.
+fn copy_flux_crds(module_dir: &Path, out: &Path) -> Result<()> {
+    let partial = out.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial).map_err(io_err(&partial))?;
+    for module in FLUX_CRD_MODULES {
+        let bases = go_module_dir(module_dir, module)?.join("config/crd/bases");
+        for entry in std::fs::read_dir(&bases).map_err(io_err(&bases))? {
+            let from = entry.map_err(io_err(&bases))?.path();
+            if let Some(name) = from
+                .file_name()
+                .filter(|_| from.extension().is_some_and(|x| x == "yaml"))
+            {
+                let to = partial.join(name);
+                std::fs::copy(&from, &to).map_err(io_err(&to))?;
+            }
+        }
+    }
+    std::fs::rename(&partial, out).map_err(io_err(out))
+}
+
+/// Where the go command keeps `module` at the version the tools module in `module_dir` requires.
+fn go_module_dir(module_dir: &Path, module: &str) -> Result<PathBuf> {
+    let out = Command::new("go")
+        .args(["list", "-m", "-f", "{{.Dir}}", module])
+        .current_dir(module_dir)
+        .env("GOFLAGS", "-mod=mod -buildvcs=false")
+        .output()
+        .map_err(Error::GoMissing)?;
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || dir.is_empty() {
+        return Err(Error::GoBuild {
+            what: format!("go list -m {module}"),
+            code: out.status.code(),
+            tail: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(PathBuf::from(dir))
+}
+
 /// FNV-1a, 64 bits: a stable content key for a cache directory name.
 fn fnv1a(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -341,6 +473,11 @@ mod tests {
     fn the_argo_lua_cache_key_follows_the_helper_source() {
         assert_eq!(fnv1a(ARGO_LUA_MAIN), fnv1a(ARGO_LUA_MAIN));
         assert_ne!(fnv1a(ARGO_LUA_MAIN), fnv1a(&format!("{ARGO_LUA_MAIN}\n")));
+    }
+
+    #[test]
+    fn both_flux_controllers_come_from_one_release() {
+        assert_eq!(flux_version().ok().as_deref(), Some("v1.9.6"));
     }
 
     #[test]

@@ -50,7 +50,8 @@ pub struct ControlPlane {
     apiserver: Mutex<Option<Child>>,
 }
 
-fn free_port() -> Result<u16> {
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub(crate) fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(io_err("127.0.0.1:0"))?;
     Ok(l.local_addr().map_err(io_err("127.0.0.1:0"))?.port())
 }

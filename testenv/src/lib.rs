@@ -10,10 +10,11 @@
 //! (which, living in a static, is never dropped) outlives every test.
 //!
 //! - [`binaries`]: building and caching the Go binaries (control plane, helm, actionlint,
-//!   the Argo CD Lua helper).
+//!   the Argo CD Lua helper, Flux's two controllers).
 //! - [`certs`]: the control plane's CA, serving and client certificates, SA signing key.
 //! - [`control_plane`]: a running kube-apiserver + etcd pair on loopback.
 //! - [`demo`]: the README's demo.
+//! - [`flux`]: Flux's source-controller and kustomize-controller against a control plane.
 //! - [`fixtures`]: simulated Nodes and NodeENIs, the seed's DPDKConfig, CRD installs.
 //! - [`git_server`]: real Git servers (https, ssh, file) on loopback.
 //! - `process`: children that cannot outlive the test process.
@@ -29,6 +30,7 @@ pub mod certs;
 pub mod control_plane;
 pub mod demo;
 pub mod fixtures;
+pub mod flux;
 pub mod git_server;
 pub mod helm;
 pub mod images;

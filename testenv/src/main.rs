@@ -18,8 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build (or find in the cache) kube-apiserver, etcd, kubectl, helm and actionlint, and
-    /// print their paths.
+    /// Build (or find in the cache) kube-apiserver, etcd, kubectl, helm, actionlint and
+    /// Flux's source-controller and kustomize-controller, and print their paths.
     Build,
     /// Start a control plane with the CRDs installed and keep it running until Ctrl-C.
     /// Run the demo: control plane, deploy/, simulated nodes and NodeENIs, the examples-repo configs, and a tour.
@@ -69,7 +69,8 @@ async fn main() -> std::process::ExitCode {
                 );
                 println!("etcd           {} {}", b.etcd_version, b.etcd.display());
             })
-            .and_then(|()| build_tools()),
+            .and_then(|()| build_tools())
+            .and_then(|()| build_flux()),
         Cmd::Images { release } => images(release),
         Cmd::Up { data_dir, no_crds } => up(data_dir, !no_crds).await,
         Cmd::Demo { once, nodes } => {
@@ -91,6 +92,19 @@ fn build_tools() -> dpdk_testenv::Result<()> {
         let exe = tool.ensure()?;
         println!("{:<14} {} {}", tool.name, tool.version()?, exe.display());
     }
+    Ok(())
+}
+
+/// Flux's two controllers and their CRDs, last: the longest build after the control plane.
+fn build_flux() -> dpdk_testenv::Result<()> {
+    let flux = dpdk_testenv::binaries::ensure_flux()?;
+    for (name, exe) in [
+        ("source-ctrl", &flux.source_controller),
+        ("kustomize-ctrl", &flux.kustomize_controller),
+    ] {
+        println!("{name:<14} {} {}", flux.version, exe.display());
+    }
+    println!("flux CRDs      {} {}", flux.version, flux.crd_dir.display());
     Ok(())
 }
 
