@@ -528,6 +528,7 @@ mod tests {
                     resource_name: "intel.com/dpdk_1".into(),
                     driver: DpdkDriver::VfioPci,
                 }],
+                rollout: None,
             },
             status: None,
         };

@@ -690,7 +690,7 @@ fn cluster_nodeeni(live: &LiveView, origins: &Origins, now: Timestamp, out: &mut
 
 /// A node waiting its turn in a rollout: its DPDKNodeState still has the old spec on
 /// purpose. Reported with its place in the remaining waves, not as a driver mismatch.
-fn rollout_pending(rollouts: &[plan::ConfigRollout], origins: &Origins, out: &mut Vec<Finding>) {
+fn rollout_pending(rollouts: &[plan::ConfigRollout], origins: &Origins, out: &mut Findings<'_>) {
     for r in rollouts {
         for node in r.in_state(|s| *s == plan::rollout::NodeRollout::Pending) {
             let Some(pos) = r.position(node) else {
