@@ -42,6 +42,14 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// Labels of `dpdk_rollout_nodes`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabels {
+    pub config: String,
+    /// updated, updating, pending, failed.
+    pub state: String,
+}
+
 /// The DPDK controller's metrics.
 pub struct ControllerMetrics {
     /// Reconcile passes, by result.
@@ -55,6 +63,8 @@ pub struct ControllerMetrics {
     pub objects: Family<ObjectLabels, Gauge>,
     /// Conflicts listed in DPDKConfig statuses, by reason.
     pub conflicts: Family<ReasonLabels, Gauge>,
+    /// Nodes of each live config's rollout, by state, from the last plan.
+    pub rollout_nodes: Family<RolloutLabels, Gauge>,
     /// 1 while this replica holds the leader Lease (or runs without leader election).
     pub leader: Gauge,
     /// Watch stream errors (each is retried with backoff).
@@ -70,6 +80,7 @@ impl ControllerMetrics {
             writes: Family::default(),
             objects: Family::default(),
             conflicts: Family::default(),
+            rollout_nodes: Family::default(),
             leader: Gauge::default(),
             watch_errors: Counter::default(),
         };
@@ -109,7 +120,27 @@ impl ControllerMetrics {
             "Watch stream errors, retried with backoff",
             m.watch_errors.clone(),
         );
+        registry.sub_registry_with_prefix("dpdk").register(
+            "rollout_nodes",
+            "Nodes of each DPDKConfig's rollout, by state (updated, updating, pending, failed)",
+            m.rollout_nodes.clone(),
+        );
         m
+    }
+
+    /// Replaces the rollout gauges with the last plan's (a deleted config's series go).
+    pub fn set_rollouts(&self, rollouts: &[(String, [(&str, usize); 4])]) {
+        self.rollout_nodes.clear();
+        for (config, states) in rollouts {
+            for (state, n) in states {
+                self.rollout_nodes
+                    .get_or_create(&RolloutLabels {
+                        config: config.clone(),
+                        state: state.to_string(),
+                    })
+                    .set(*n as i64);
+            }
+        }
     }
 
     /// A set registered into a throwaway registry (tests, embedding).
@@ -206,5 +237,33 @@ mod tests {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
         assert_eq!(m.writes_total("success"), 1);
+    }
+
+    #[test]
+    fn rollout_nodes_follow_the_last_plan() {
+        let mut registry = Registry::default();
+        let m = ControllerMetrics::register(&mut registry);
+        let states = |u, p| {
+            [
+                ("updated", u),
+                ("updating", 1),
+                ("pending", p),
+                ("failed", 0),
+            ]
+        };
+        m.set_rollouts(&[("old".into(), states(1, 2)), ("c".into(), states(3, 4))]);
+        m.set_rollouts(&[("c".into(), states(7, 0))]);
+        let text = encode(&registry);
+        for needle in [
+            "dpdk_rollout_nodes{config=\"c\",state=\"updated\"} 7",
+            "dpdk_rollout_nodes{config=\"c\",state=\"pending\"} 0",
+            "dpdk_rollout_nodes{config=\"c\",state=\"updating\"} 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        assert!(
+            !text.contains("config=\"old\""),
+            "a gone config's series go: {text}"
+        );
     }
 }

@@ -229,6 +229,7 @@ async fn argo_health_scripts_on_real_objects_in_each_controller_state() {
         "Progressing",
         "latest spec",
     );
+    let on_old_spec = c.clone();
 
     // Degraded node: the agent fails on the new spec.
     agent_fails(&admin, &node, "vfio-pci bind of 0000:00:06.0 refused").await;
@@ -240,22 +241,34 @@ async fn argo_health_scripts_on_real_objects_in_each_controller_state() {
         "Degraded",
         "vfio-pci bind",
     );
-    let c = eventually("failure in status", Duration::from_secs(60), || async {
-        let c = config_json(&admin, &name).await;
-        c.to_string().contains("node agent failed").then_some(c)
-    })
+    // The node had devices: the change was a counted rollout, and its failure halts it.
+    let c = eventually(
+        "rollout failure in status",
+        Duration::from_secs(60),
+        || async {
+            let c = config_json(&admin, &name).await;
+            (c["status"]["rollout"]["phase"] == "Stalled").then_some(c)
+        },
+    )
     .await;
     expect(
-        "config, a node failed",
+        "config, a failed rollout",
         &sc.config,
         &c,
-        "Progressing",
-        "node agent failed: vfio-pci bind",
+        "Degraded",
+        &format!("{}: rollout halted", reason::ROLLOUT_FAILED),
+    );
+    expect(
+        "config, a failed rollout names the node and why",
+        &sc.config,
+        &c,
+        "Degraded",
+        &format!("{node} (node agent failed: vfio-pci bind"),
     );
 
     // Ready=False without a message (the CRD requires one, so it is removed from the real
     // object here): Argo must get a health, not a Lua error.
-    let mut bare = c.clone();
+    let mut bare = on_old_spec.clone();
     for cond in bare["status"]["conditions"]
         .as_array_mut()
         .expect("conditions")

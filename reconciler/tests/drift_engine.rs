@@ -783,9 +783,15 @@ fn a_nodeeni_reaching_other_nodes_is_not_expected_to_change_and_conflicts_are_re
     }
     let report = compute(&[src], &live, now(), None);
     let kinds: Vec<_> = report.findings.iter().map(|f| (f.layer, f.kind)).collect();
+    // The blocked NodeENI's devices leave the nodes' specs: a counted change, staged one
+    // node at a time (25% of 2), so both nodes wait their turn in the rollout.
     assert_eq!(
         kinds,
-        vec![(Layer::ClusterNodeEni, FindingKind::Conflict)],
+        vec![
+            (Layer::ClusterNodeEni, FindingKind::Conflict),
+            (Layer::DesiredNode, FindingKind::RolloutPending),
+            (Layer::DesiredNode, FindingKind::RolloutPending),
+        ],
         "{:#?}",
         report.findings
     );
@@ -983,5 +989,57 @@ fn file_changes_are_sorted_and_new_files_have_no_old_side() {
             ("clusters/prod/aaa.yaml", false),
             ("clusters/prod/dpdk.yaml", true)
         ]
+    );
+}
+
+/// A node waiting its turn in a staged rollout keeps its old spec on purpose: drift names
+/// its place in the rollout and does not call it a driver mismatch.
+#[test]
+fn node_layer_a_node_waiting_its_turn_is_rollout_pending() {
+    let (_, mut live) = seed_world();
+    let changed = SEEDLIKE.replace("driver: vfio-pci", "driver: igb_uio");
+    let src = source("clusters/prod", &[("clusters/prod/seed.yaml", &changed)]);
+    live.configs = live_configs_of(&changed);
+    // n1 has the new spec (its agent has not caught up); n2 waits: 25% of 2 is 1 node.
+    let n1 = &mut live.node_states[0];
+    n1.spec.devices[0].driver = DpdkDriver::IgbUio;
+    n1.metadata.generation = Some(2);
+    n1.status.as_mut().expect("status").observed_generation = Some(1);
+    n1.metadata.annotations = Some(
+        [
+            ("dpdk.aws.k8s/updating-since".to_string(), now().to_string()),
+            (
+                "dpdk.aws.k8s/rollout-counted".to_string(),
+                "true".to_string(),
+            ),
+        ]
+        .into(),
+    );
+    for s in &mut live.node_states {
+        s.spec.revision = Some("main@sha1:0123456789abcdef0123456789abcdef01234567".into());
+    }
+    let report = compute(&[src], &live, now(), None);
+    let of_n2: Vec<_> = report
+        .findings
+        .iter()
+        .filter(|f| f.node.as_deref() == Some("n2"))
+        .collect();
+    assert_eq!(of_n2.len(), 1, "{:#?}", report.findings);
+    let f = of_n2[0];
+    assert_eq!(
+        (f.layer, f.kind),
+        (Layer::DesiredNode, FindingKind::RolloutPending)
+    );
+    assert!(
+        f.message.contains("wave 1 of 1, position 1 of 1") && f.message.contains("seed"),
+        "{}",
+        f.message
+    );
+    assert!(
+        !report
+            .findings
+            .iter()
+            .any(|f| f.node.as_deref() == Some("n2") && f.kind == FindingKind::DeviceDriver),
+        "not a driver mismatch"
     );
 }

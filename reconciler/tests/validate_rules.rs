@@ -353,3 +353,32 @@ fn non_utf8_and_duplicate_keys() {
     );
     assert!(msg.contains("duplicate entry with key \"ng\""), "{msg}");
 }
+
+/// `spec.rollout` (docs/controller.md, Rollouts): maxUnavailable is a count >= 1 or a
+/// percentage, checked offline as the API server's CEL rule does.
+#[test]
+fn rollout_max_unavailable_is_a_count_or_a_percentage() {
+    let with = |v: &str| {
+        format!(
+            "{}  rollout:\n    maxUnavailable: {v}\n    paused: false\n",
+            *SEED
+        )
+    };
+    for ok in ["25%", "0%", "100%", "3"] {
+        let m = check(&[("a.yaml", &with(ok))]);
+        assert!(errors(&m).is_empty(), "{ok}: {:#?}", errors(&m));
+    }
+    for bad in ["\"110%\"", "\"25\"", "0"] {
+        let m = check(&[("a.yaml", &with(bad))]);
+        let (code, msg) = only_error(&m);
+        assert_eq!(code, Code::RuleViolation, "{bad}: {msg}");
+        assert!(
+            msg.contains("maxUnavailable must be an integer >= 1"),
+            "{bad}: {msg}"
+        );
+    }
+    let m = check(&[("a.yaml", &with("true"))]);
+    let (code, msg) = only_error(&m);
+    assert_eq!(code, Code::SchemaViolation, "{msg}");
+    assert!(msg.contains("must be an integer or a string"), "{msg}");
+}

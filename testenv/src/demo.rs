@@ -404,7 +404,8 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 /// Waits until the source applied `revision`, every simulated node carries the enabled
 /// label, the NodeENI carries the DPDK fields and each node has its DPDKNodeState; then
 /// until the node agents report every DPDKNodeState Succeeded, label every node ready, and
-/// the device plugins get every node's allocatable resource to 1 through the kubelets.
+/// the device plugins get every node's allocatable resource to 1 through the kubelets,
+/// and the config's rollout counts every node up to date.
 async fn converge(
     client: &Client,
     revision: &str,
@@ -424,6 +425,12 @@ async fn converge(
             .as_ref()
             .and_then(|c| c.status.as_ref())
             .map_or(0, |s| s.nodes_ready.len());
+        // The rollout's view: the UP-TO-DATE printer column.
+        let up_to_date = config
+            .as_ref()
+            .and_then(|c| c.status.as_ref()?.rollout.as_ref())
+            .map(|r| r.up_to_date.clone())
+            .unwrap_or_default();
         let applied = config.and_then(|c| {
             c.metadata
                 .annotations
@@ -482,7 +489,7 @@ async fn converge(
         let now = format!(
             "revision {applied:?}, {enabled}/{nodes} nodes enabled, NodeENI DPDK fields {eni_ok}, {state_count} DPDKNodeStates; \
              {succeeded}/{nodes} DPDKNodeStates Succeeded, {ready}/{nodes} nodes ready, {advertised}/{nodes} nodes allocatable {RESOURCE}: 1, \
-             {plugins}/{nodes} device plugins reporting, default-dpdk-config ready on {config_ready}/{nodes} nodes"
+             {plugins}/{nodes} device plugins reporting, default-dpdk-config ready on {config_ready}/{nodes} nodes, up to date {up_to_date:?}"
         );
         if now != last {
             step(&format!("  {now}"));
@@ -497,6 +504,7 @@ async fn converge(
             && advertised == nodes
             && config_ready == nodes
             && plugins == nodes
+            && up_to_date == format!("{nodes}/{nodes}")
         {
             return Ok(());
         }

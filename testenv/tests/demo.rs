@@ -75,6 +75,24 @@ fn demo_once_converges_and_prints_the_tour() {
         );
     }
     let states = section(&stdout, "$ kubectl get dpdkconfigs,dpdknodestates");
+    // The rollout's printer column: every matched node up to date.
+    let header = states
+        .lines()
+        .find(|l| l.contains("UP-TO-DATE"))
+        .unwrap_or_else(|| panic!("no UP-TO-DATE column:\n{states}"));
+    let col = header
+        .split_whitespace()
+        .position(|c| c == "UP-TO-DATE")
+        .expect("column");
+    let row = states
+        .lines()
+        .find(|l| l.starts_with("dpdkconfig.networking.k8s.aws/default-dpdk-config "))
+        .unwrap_or_else(|| panic!("no DPDKConfig row:\n{states}"));
+    assert_eq!(
+        row.split_whitespace().nth(col),
+        Some("3/3"),
+        "UP-TO-DATE of the seed's config:\n{states}"
+    );
     for node in nodes {
         let row = states
             .lines()

@@ -377,13 +377,16 @@ pub(crate) fn rollouts(
     out
 }
 
-/// Node names whose planned DPDKNodeState apply changes the spec.
+/// Node names whose planned DPDKNodeState apply changes what the agent does: the devices
+/// or the driver options. A new revision or configs list alone is not staged.
 fn spec_changes<'w>(ix: &Index<'_, '_>, spec_writes: &[&'w Write]) -> HashSet<&'w str> {
     spec_writes
         .iter()
         .filter_map(|w| match w {
             Write::ApplyNodeState { node, spec, .. } => {
-                let same = ix.state(node).is_some_and(|s| s.spec == *spec);
+                let same = ix.state(node).is_some_and(|s| {
+                    s.spec.devices == spec.devices && s.spec.driver_options == spec.driver_options
+                });
                 (!same).then_some(node.as_str())
             }
             _ => None,

@@ -460,3 +460,22 @@ fn waves_are_a_pure_function_of_the_nodes() {
         "with a counted node in flight the free nodes go alone"
     );
 }
+
+#[test]
+fn a_new_revision_alone_is_not_staged() {
+    let mut w = fleet(4, Some(spec(Some(IntOrString::Int(1)))));
+    w.configs[0]
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(
+            crate::labels::REVISION_ANNOTATION.into(),
+            "main@sha1:abc".into(),
+        );
+    let waves = drive(&mut w, &[]);
+    assert_eq!(
+        waves,
+        vec![names(&["node-0", "node-1", "node-2", "node-3"])],
+        "the agent has nothing to redo"
+    );
+}

@@ -218,13 +218,16 @@ fn trim_node_eni(e: &mut NodeENI) {
 
 fn trim_node_state(s: &mut DPDKNodeState) {
     // Only the existence of our Apply entry is read. The status stays but for conditions,
-    // the device plugin and MACs: the drift engine reports devices (with their interface
-    // and message) and modules per node.
+    // the plugin's registration time and MACs: the drift engine reports devices (with their
+    // interface and message) and modules per node, and the rollout reads what the device
+    // plugin advertises.
     let none: [&[&str]; 0] = [];
     ssa::trim_managed_fields(&mut s.metadata, CONTROLLER_MANAGER, &none);
     if let Some(st) = s.status.as_mut() {
         st.conditions.clear();
-        st.device_plugin = None;
+        if let Some(p) = st.device_plugin.as_mut() {
+            p.last_registration_time = None;
+        }
         for d in st.devices.iter_mut() {
             d.mac = None;
         }

@@ -483,6 +483,7 @@ impl Reconciler {
         drop(snapshot);
         drop((configs, nodes, node_enis, node_states, server_conflicts));
         self.record_stats(&planned.stats);
+        self.record_rollouts(&planned.rollouts);
 
         // Skip writes whose object still shows an older version than one we wrote.
         let mut skipped_targets: HashSet<(Kind, String)> = HashSet::new();
@@ -662,6 +663,24 @@ impl Reconciler {
                 tracing::warn!(config = %ev.config, reason = %ev.reason, error = %e, "could not publish event");
             }
         }
+    }
+
+    fn record_rollouts(&self, rollouts: &[plan::ConfigRollout]) {
+        use plan::rollout::NodeRollout;
+        let per_config: Vec<(String, [(&str, usize); 4])> = rollouts
+            .iter()
+            .map(|r| {
+                let n = |f: fn(&NodeRollout) -> bool| r.in_state(f).len();
+                let states = [
+                    ("updated", n(|s| *s == NodeRollout::Updated)),
+                    ("updating", n(|s| *s == NodeRollout::Updating)),
+                    ("pending", n(|s| *s == NodeRollout::Pending)),
+                    ("failed", r.failed().len()),
+                ];
+                (r.config.clone(), states)
+            })
+            .collect();
+        self.metrics.set_rollouts(&per_config);
     }
 
     fn record_stats(&self, s: &plan::Stats) {

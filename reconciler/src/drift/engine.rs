@@ -647,10 +647,39 @@ fn cluster_nodeeni(live: &LiveView, origins: &Origins, now: Timestamp, out: &mut
             ));
         }
     }
+    rollout_pending(&planned.rollouts, origins, out);
 }
 
 // ---------------------------------------------------------------------------------------
 // Layer 3: desired ↔ node.
+
+/// A node waiting its turn in a rollout: its DPDKNodeState still has the old spec on
+/// purpose. Reported with its place in the remaining waves, not as a driver mismatch.
+fn rollout_pending(rollouts: &[plan::ConfigRollout], origins: &Origins, out: &mut Vec<Finding>) {
+    for r in rollouts {
+        for node in r.in_state(|s| *s == plan::rollout::NodeRollout::Pending) {
+            let Some(pos) = r.position(node) else {
+                continue;
+            };
+            let phase = r.phase.as_str();
+            out.push(finding(
+                Layer::DesiredNode,
+                FindingKind::RolloutPending,
+                ObjectRef::cluster("DPDKNodeState", node),
+                Some(node.to_string()),
+                origins.locate(&r.config, "/spec"),
+                "/spec".into(),
+                json!({"config": r.config, "wave": pos.wave, "waves": pos.waves, "position": pos.position, "of": pos.of}),
+                json!(phase),
+                None,
+                format!(
+                    "node {node}: waiting its turn in the rollout of DPDKConfig {} ({pos}; rollout {phase})",
+                    r.config
+                ),
+            ));
+        }
+    }
+}
 
 fn desired_node(
     live: &LiveView,

@@ -263,10 +263,12 @@ pub enum FindingKind {
     WriteCombining,
     /// The node agent has not reported status for a spec that asks for devices.
     NotReported,
+    /// The node waits its turn in a staged rollout; its spec changes in a later wave.
+    RolloutPending,
 }
 
 impl FindingKind {
-    pub const ALL: [FindingKind; 10] = [
+    pub const ALL: [FindingKind; 11] = [
         FindingKind::Modified,
         FindingKind::Missing,
         FindingKind::Extra,
@@ -277,6 +279,7 @@ impl FindingKind {
         FindingKind::NoIommu,
         FindingKind::WriteCombining,
         FindingKind::NotReported,
+        FindingKind::RolloutPending,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -291,6 +294,7 @@ impl FindingKind {
             FindingKind::NoIommu => "noIommu",
             FindingKind::WriteCombining => "writeCombining",
             FindingKind::NotReported => "notReported",
+            FindingKind::RolloutPending => "rolloutPending",
         }
     }
 }
