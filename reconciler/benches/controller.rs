@@ -36,14 +36,9 @@ use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostPa
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-const CONTROLLER_USER: &str = "bench-dpdk-controller";
+mod support;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use support::{BoxErr, Controller, env_usize, run_all};
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
@@ -64,68 +59,6 @@ fn main() {
         eprintln!("controller bench failed: {e}");
         std::process::exit(1);
     }
-}
-
-type BoxErr = Box<dyn std::error::Error + Send + Sync>;
-
-async fn run_all<F>(futs: Vec<F>, concurrency: usize) -> Result<(), BoxErr>
-where
-    F: std::future::Future<Output = Result<(), BoxErr>>,
-{
-    let results: Vec<Result<(), BoxErr>> = futures::stream::iter(futs)
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    results.into_iter().collect()
-}
-
-fn node_name(i: usize) -> String {
-    format!(
-        "ip-10-{}-{}-{}.ec2.internal",
-        i / 65536,
-        (i / 256) % 256,
-        i % 256
-    )
-}
-
-async fn setup(client: &Client, nodes: usize, per_node: usize) -> Result<(), BoxErr> {
-    let mut futs = Vec::new();
-    for i in 0..nodes {
-        let client = client.clone();
-        futs.push(async move {
-            let n = node_name(i);
-            fixtures::create_node(
-                &client,
-                &n,
-                &[("bench/group", "dpdk"), ("kubernetes.io/hostname", &n)],
-                "10.0.0.1",
-            )
-            .await?;
-            let api: Api<NodeENI> = Api::all(client.clone());
-            for d in 1..=per_node as i32 {
-                let spec = NodeENISpec {
-                    node_selector: [("kubernetes.io/hostname".to_string(), n.clone())].into(),
-                    device_index: Some(d),
-                    subnet_id: Some("subnet-0123456789abcdef0".into()),
-                    security_group_ids: Some(vec!["sg-0123456789abcdef0".into()]),
-                    ..Default::default()
-                };
-                let mut eni = api
-                    .create(
-                        &PostParams::default(),
-                        &NodeENI::new(&format!("{n}-eni{d}"), spec),
-                    )
-                    .await?;
-                eni.status = Some(NodeENIStatus {
-                    attachments: vec![fixtures::attachment(&n, d, &format!("eni-{i:08x}{d:02}"))],
-                });
-                api.replace_status(&format!("{n}-eni{d}"), &PostParams::default(), &eni)
-                    .await?;
-            }
-            Ok::<(), BoxErr>(())
-        });
-    }
-    run_all(futs, 32).await
 }
 
 /// The trivial client: `count` SSA PATCHes of the same kinds and sizes as the controller's
@@ -193,97 +126,6 @@ async fn raw_patches(
     Ok(started.elapsed())
 }
 
-/// The value `deploy/dpdk-controller.yaml` gives the controller's environment variable `name`.
-fn shipped_env(name: &str) -> Option<String> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../deploy/dpdk-controller.yaml"
-    );
-    let text = std::fs::read_to_string(path).ok()?;
-    let mut lines = text.lines().map(str::trim);
-    lines.find(|l| *l == format!("- name: {name}"))?;
-    let value = lines.next()?.strip_prefix("value:")?.trim();
-    Some(value.trim_matches('"').to_string())
-}
-
-/// A kubeconfig that impersonates `user` (in system:masters), so the audit log names it.
-fn impersonating_kubeconfig(cp: &ControlPlane, user: &str) -> Result<std::path::PathBuf, BoxErr> {
-    let text = std::fs::read_to_string(cp.kubeconfig_path())?;
-    let patched = text.replacen("    client-key:", &format!("    as: {user}\n    as-groups: [\"system:masters\", \"system:authenticated\"]\n    client-key:"), 1);
-    let path = cp.data_dir().join(format!("kubeconfig-{user}"));
-    std::fs::write(&path, patched)?;
-    Ok(path)
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, buf))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(18080)
-}
-
-/// User + system CPU seconds of a process, from /proc/<pid>/stat.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let rest = &text[text.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
-}
-
-fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// The controller's object writes in the audit log: (stageTimestamp, resource, verb, code).
-fn controller_writes(cp: &ControlPlane) -> Vec<(Timestamp, String, String, u64)> {
-    let text = std::fs::read_to_string(cp.audit_log_path()).unwrap_or_default();
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        if v["stage"] != "ResponseComplete" || v["impersonatedUser"]["username"] != CONTROLLER_USER
-        {
-            continue;
-        }
-        let resource = v["objectRef"]["resource"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
-        if resource == "leases" || resource == "events" {
-            continue;
-        }
-        let Some(at) = v["stageTimestamp"]
-            .as_str()
-            .and_then(|t| t.parse::<Timestamp>().ok())
-        else {
-            continue;
-        };
-        out.push((
-            at,
-            resource,
-            v["verb"].as_str().unwrap_or("").to_string(),
-            v["responseStatus"]["code"].as_u64().unwrap_or(0),
-        ));
-    }
-    out
-}
-
 async fn bench(nodes: usize, per_node: usize, concurrency: usize) -> Result<(), BoxErr> {
     let cp = ControlPlane::start(StartOptions {
         install_crds: true,
@@ -294,7 +136,7 @@ async fn bench(nodes: usize, per_node: usize, concurrency: usize) -> Result<(), 
     let client = cp.client().await?;
     eprintln!("[bench] setting up {nodes} nodes × {per_node} NodeENIs (with attachments)...");
     let t = Instant::now();
-    setup(&client, nodes, per_node).await?;
+    support::setup_fleet(&client, nodes, per_node).await?;
     let setup_time = t.elapsed();
     eprintln!("[bench] setup took {setup_time:.1?}");
 
@@ -312,67 +154,16 @@ async fn bench(nodes: usize, per_node: usize, concurrency: usize) -> Result<(), 
         .delete_collection(&DeleteParams::default(), &ListParams::default())
         .await?;
 
-    let kubeconfig = impersonating_kubeconfig(&cp, CONTROLLER_USER)?;
-    let port = free_port();
-    let log_path = cp.data_dir().join("controller.log");
-    let log = std::fs::File::create(&log_path)?;
-    // A profiler in front of the binary, e.g. DPDK_BENCH_RECONCILER_WRAPPER="heaptrack -o
-    // /tmp/reconciler". The RSS figures are then the wrapper's, not the controller's.
-    let wrapper = std::env::var("DPDK_BENCH_RECONCILER_WRAPPER").unwrap_or_default();
-    let mut wrapper = wrapper.split_whitespace();
-    let mut cmd = match wrapper.next() {
-        Some(program) => {
-            let mut c = Command::new(program);
-            c.args(wrapper).arg(env!("CARGO_BIN_EXE_dpdk-reconciler"));
-            c
-        }
-        None => Command::new(env!("CARGO_BIN_EXE_dpdk-reconciler")),
-    };
-    cmd.args([
-        "run",
-        "--no-leader-election",
-        "--log-format",
-        "json",
-        "--resync-interval",
-        "2s",
-    ])
-    .arg(format!("--http-addr=127.0.0.1:{port}"))
-    .arg(format!("--concurrency={concurrency}"))
-    // Extra flags for side-by-side runs, e.g. DPDK_BENCH_RECONCILER_ARGS=--no-drift.
-    .args(
-        std::env::var("DPDK_BENCH_RECONCILER_ARGS")
-            .unwrap_or_default()
-            .split_whitespace(),
+    let controller = Controller::start(
+        &cp,
+        &[
+            "--resync-interval=2s".into(),
+            format!("--concurrency={concurrency}"),
+        ],
     )
-    .env("KUBECONFIG", &kubeconfig)
-    .env("RUST_LOG", "info")
-    .envs(
-        std::env::var_os("MALLOC_ARENA_MAX")
-            .is_none()
-            .then(|| shipped_env("MALLOC_ARENA_MAX").map(|v| ("MALLOC_ARENA_MAX", v)))
-            .flatten(),
-    )
-    .stdin(Stdio::null())
-    .stdout(log.try_clone()?)
-    .stderr(log);
-    // Stopped with SIGTERM (10 s to exit) when the bench is done with it.
-    let controller = Reaper::spawn(cmd, Duration::from_secs(10))?;
-    let pid = controller.id();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if matches!(http_get(port, "/readyz"), Some((200, _))) {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "the controller did not become ready; see {}",
-                log_path.display()
-            )
-            .into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let rss_idle_kib = proc_status_kib(pid, "VmRSS:").unwrap_or(0);
+    .await?;
+    let (pid, port) = (controller.pid(), controller.port);
+    let rss_idle_kib = support::proc_status_kib(pid, "VmRSS:").unwrap_or(0);
 
     let mapping: Vec<ResourceMapping> = (1..=per_node as i32)
         .map(|d| ResourceMapping {
@@ -413,36 +204,36 @@ async fn bench(nodes: usize, per_node: usize, concurrency: usize) -> Result<(), 
     }
     let observed = started.elapsed();
     // Quiet: at least three forced resyncs (every 2 s) with no new write.
-    let mut count = controller_writes(&cp).len();
+    let mut count = support::controller_writes(&cp).len();
     loop {
         tokio::time::sleep(Duration::from_secs(7)).await;
-        let now = controller_writes(&cp).len();
+        let now = support::controller_writes(&cp).len();
         if now == count {
             break;
         }
         count = now;
     }
-    let writes = controller_writes(&cp);
+    let writes = support::controller_writes(&cp);
     let last = writes
         .iter()
-        .map(|w| w.0)
+        .map(|w| w.at)
         .max()
         .ok_or("the controller wrote nothing")?;
     let converge = Duration::try_from(last.duration_since(created_at)).unwrap_or_default();
     let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
     for w in &writes {
-        *by_kind.entry(format!("{} {}", w.2, w.1)).or_default() += 1;
+        *by_kind.entry(format!("{} {}", w.verb, w.resource)).or_default() += 1;
     }
-    let failed = writes.iter().filter(|w| w.3 >= 300).count();
+    let failed = writes.iter().filter(|w| w.code >= 300).count();
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let resync_writes = controller_writes(&cp).len() - writes.len();
-    let hwm_kib = proc_status_kib(pid, "VmHWM:").unwrap_or(0);
-    let rss_kib = proc_status_kib(pid, "VmRSS:").unwrap_or(0);
+    let resync_writes = support::controller_writes(&cp).len() - writes.len();
+    let hwm_kib = support::proc_status_kib(pid, "VmHWM:").unwrap_or(0);
+    let rss_kib = support::proc_status_kib(pid, "VmRSS:").unwrap_or(0);
     // At the end, what the RSS is made of: heap and stacks, and pages of the binary.
-    let anon_kib = proc_status_kib(pid, "RssAnon:").unwrap_or(0);
-    let file_kib = proc_status_kib(pid, "RssFile:").unwrap_or(0);
-    let cpu = cpu_seconds(pid).unwrap_or(0.0);
-    let metrics = http_get(port, "/metrics")
+    let anon_kib = support::proc_status_kib(pid, "RssAnon:").unwrap_or(0);
+    let file_kib = support::proc_status_kib(pid, "RssFile:").unwrap_or(0);
+    let cpu = support::cpu_seconds(pid).unwrap_or(0.0);
+    let metrics = support::http_get(port, "/metrics")
         .map(|(_, b)| b)
         .unwrap_or_default();
     let passes: Vec<&str> = metrics

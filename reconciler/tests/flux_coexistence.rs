@@ -616,9 +616,10 @@ async fn flux_applies_the_seed_and_we_configure_the_nodes_beside_it() {
         assert_eq!(s.spec.devices.len(), 1, "no teardown of {node}");
     }
     // Open finding (docs/coexistence.md): our controller follows the live object, so the
-    // edit and Flux's revert each rewrite both nodes' driverOptions; no device changes.
+    // edit and Flux's revert each rewrite a node's driverOptions (staged: the rollout's
+    // marks cost one more apply per node when it finishes); no device changes.
     assert!(
-        state_writes.len() <= 2 * NODES.len(),
+        state_writes.len() <= 3 * NODES.len(),
         "DPDKNodeState spec writes between the edit and Flux's revert: {state_writes:#?}"
     );
 

@@ -137,6 +137,13 @@ impl Controller {
             )
             .env("KUBECONFIG", &kubeconfig)
             .env("RUST_LOG", "info")
+            // The allocator setting the Deployment ships, unless the caller sets its own.
+            .envs(
+                std::env::var_os("MALLOC_ARENA_MAX")
+                    .is_none()
+                    .then(|| shipped_env("MALLOC_ARENA_MAX").map(|v| ("MALLOC_ARENA_MAX", v)))
+                    .flatten(),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -170,6 +177,19 @@ impl Controller {
             .map(|(_, b)| b)
             .unwrap_or_default()
     }
+}
+
+/// The value `deploy/dpdk-controller.yaml` gives the controller's environment variable `name`.
+fn shipped_env(name: &str) -> Option<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/dpdk-controller.yaml"
+    );
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut lines = text.lines().map(str::trim);
+    lines.find(|l| *l == format!("- name: {name}"))?;
+    let value = lines.next()?.strip_prefix("value:")?.trim();
+    Some(value.trim_matches('"').to_string())
 }
 
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
