@@ -20,16 +20,13 @@
 //! profiler to run the binary under, e.g. `heaptrack -o /tmp/reconciler`).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write as _};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use dpdk_bridge::api::{
-    DPDKConfig, DPDKConfigSpec, DpdkDriver, DriverOptions, NodeENI, NodeENISpec, NodeENIStatus,
-    ResourceMapping,
+    DPDKConfig, DPDKConfigSpec, DpdkDriver, DriverOptions, NodeENI, ResourceMapping,
 };
-use dpdk_testenv::{ControlPlane, Reaper, StartOptions, fixtures};
-use futures::StreamExt;
+use dpdk_testenv::{ControlPlane, StartOptions};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -38,7 +35,7 @@ use serde_json::{Value, json};
 
 mod support;
 
-use support::{BoxErr, Controller, env_usize, run_all};
+use support::{BoxErr, Controller, env_usize, node_name, run_all};
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
@@ -222,7 +219,9 @@ async fn bench(nodes: usize, per_node: usize, concurrency: usize) -> Result<(), 
     let converge = Duration::try_from(last.duration_since(created_at)).unwrap_or_default();
     let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
     for w in &writes {
-        *by_kind.entry(format!("{} {}", w.verb, w.resource)).or_default() += 1;
+        *by_kind
+            .entry(format!("{} {}", w.verb, w.resource))
+            .or_default() += 1;
     }
     let failed = writes.iter().filter(|w| w.code >= 300).count();
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -275,7 +274,7 @@ async fn bench(nodes: usize, per_node: usize, concurrency: usize) -> Result<(), 
         Timestamp::now(),
         std::env::var("MALLOC_ARENA_MAX")
             .ok()
-            .or_else(|| shipped_env("MALLOC_ARENA_MAX"))
+            .or_else(|| support::shipped_env("MALLOC_ARENA_MAX"))
             .unwrap_or_else(|| "unset".into())
     );
     println!("| figure | value |");

@@ -1,5 +1,7 @@
 //! What the controller benchmarks share: the fleet, the controller process, its audit-log
 //! writes and its /proc figures.
+// Each bench uses part of it.
+#![allow(dead_code)]
 
 use std::io::{Read, Write as _};
 use std::path::PathBuf;
@@ -180,7 +182,7 @@ impl Controller {
 }
 
 /// The value `deploy/dpdk-controller.yaml` gives the controller's environment variable `name`.
-fn shipped_env(name: &str) -> Option<String> {
+pub fn shipped_env(name: &str) -> Option<String> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../deploy/dpdk-controller.yaml"
