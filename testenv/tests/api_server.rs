@@ -231,6 +231,7 @@ async fn kubectl_get_prints_the_printer_columns() {
                 "READY",
                 "READYNODES",
                 "MATCHEDNODES",
+                "UP-TO-DATE",
                 "REVISION",
                 "AGE"
             ],
