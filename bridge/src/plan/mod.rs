@@ -304,6 +304,45 @@ pub(crate) struct PassInput<'s, 'a> {
     pub(crate) now: Timestamp,
 }
 
+/// What the phases before `status` produce in one pass, in call order.
+pub(crate) struct PhaseOutputs {
+    pub(crate) claims: claims::Claims,
+    pub(crate) node_enis: node_eni::NodeEnis,
+    pub(crate) node_states: node_state::NodeStates,
+    pub(crate) teardown: teardown::Teardown,
+    pub(crate) rollouts: rollout::Rollouts,
+}
+
+impl PhaseOutputs {
+    /// Runs claims, node_eni, node_state, teardown and rollout over `input`.
+    pub(crate) fn run(input: &PassInput<'_, '_>) -> Self {
+        let claims = claims::claims(&input.index);
+        let node_enis = node_eni::node_enis(input, &claims);
+        let node_states = node_state::node_states(input, &claims, &node_enis);
+        let teardown = teardown::teardown(input, &claims, &node_enis);
+        let spec_writes: Vec<&Write> = node_states.writes.iter().chain(&teardown.writes).collect();
+        let rollouts = rollout::rollouts(input, &claims, &spec_writes);
+        Self {
+            claims,
+            node_enis,
+            node_states,
+            teardown,
+            rollouts,
+        }
+    }
+
+    /// The status phase's view of them.
+    pub(crate) fn for_status(&self) -> status::Phases<'_> {
+        status::Phases {
+            claims: &self.claims,
+            node_enis: &self.node_enis,
+            node_states: &self.node_states,
+            teardown: &self.teardown,
+            rollouts: &self.rollouts,
+        }
+    }
+}
+
 /// Plans one pass. `now` is used for the teardown clock and condition times only.
 pub fn plan(snap: &Snapshot<'_>, settings: &Settings, now: Timestamp) -> ClusterPlan {
     let input = PassInput {
@@ -311,22 +350,15 @@ pub fn plan(snap: &Snapshot<'_>, settings: &Settings, now: Timestamp) -> Cluster
         settings,
         now,
     };
-    let claims = claims::claims(&input.index);
-    let node_enis = node_eni::node_enis(&input, &claims);
-    let node_states = node_state::node_states(&input, &claims, &node_enis);
-    let teardown = teardown::teardown(&input, &claims, &node_enis);
-    let spec_writes: Vec<&Write> = node_states.writes.iter().chain(&teardown.writes).collect();
-    let rollouts = rollout::rollouts(&input, &claims, &spec_writes);
-    let statuses = status::statuses(
-        &input,
-        &status::Phases {
-            claims: &claims,
-            node_enis: &node_enis,
-            node_states: &node_states,
-            teardown: &teardown,
-            rollouts: &rollouts,
-        },
-    );
+    let phases = PhaseOutputs::run(&input);
+    let statuses = status::statuses(&input, &phases.for_status());
+    let PhaseOutputs {
+        claims,
+        node_enis,
+        node_states,
+        teardown,
+        rollouts,
+    } = phases;
     let stats = Stats {
         nodes_matched: claims.nodes.len(),
         nodes_tearing_down: teardown.nodes_tearing_down,

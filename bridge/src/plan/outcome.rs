@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::jiff::Timestamp;
 
-use super::claims::{self, Claims};
-use super::node_eni::{self, NodeEnis};
-use super::{PassInput, Settings, Snapshot, index, node_state, rollout, status, teardown};
+use super::claims::Claims;
+use super::node_eni::NodeEnis;
+use super::{PassInput, PhaseOutputs, Settings, Snapshot, index, status};
 use crate::api::{ConfigConflict, DPDKNodeStateSpec, DpdkDriver};
 
 /// The values a NodeENI the planner drives ends with (`enableDPDK: true` with them).
@@ -45,31 +45,25 @@ pub fn outcome(snap: &Snapshot<'_>, settings: &Settings, now: Timestamp) -> Outc
         settings,
         now,
     };
-    let claims = claims::claims(&input.index);
-    let node_enis = node_eni::node_enis(&input, &claims);
-    let node_states = node_state::node_states(&input, &claims, &node_enis);
-    let teardown = teardown::teardown(&input, &claims, &node_enis);
-    let spec_writes: Vec<&super::Write> =
-        node_states.writes.iter().chain(&teardown.writes).collect();
-    let rollouts = rollout::rollouts(&input, &claims, &spec_writes);
-    let phases = status::Phases {
-        claims: &claims,
-        node_enis: &node_enis,
-        node_states: &node_states,
-        teardown: &teardown,
-        rollouts: &rollouts,
-    };
+    let phases = PhaseOutputs::run(&input);
+    let status_view = phases.for_status();
     let ix = &input.index;
     Outcome {
-        nodes: node_states
+        nodes: phases
+            .node_states
             .desired
             .iter()
             .map(|(&n, spec)| (ix.node_name(n).to_string(), spec.clone()))
             .collect(),
-        node_enis: driven_enis(ix, &claims, &node_enis),
+        node_enis: driven_enis(ix, &phases.claims, &phases.node_enis),
         conflicts: ix
             .config_ixs()
-            .map(|c| (ix.cname(c).to_string(), status::conflicts_of(&phases, c)))
+            .map(|c| {
+                (
+                    ix.cname(c).to_string(),
+                    status::conflicts_of(&status_view, c),
+                )
+            })
             .collect(),
     }
 }
